@@ -1,0 +1,40 @@
+# translate: make help lists the targets. ARGS="key=value ..." passes Hydra overrides.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: help install train bleu translate test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip -c constraints.txt
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create the virtualenv (torch pinned by constraints.txt) and install translate
+
+train: $(STAMP) ## download the corpus, train SentencePiece and the model (ARGS="train.max_time=10 ...")
+	$(PY) -m translate train $(ARGS)
+
+bleu: $(STAMP) ## decode the test split with the run's best checkpoint; print sacreBLEU BLEU and chrF
+	$(PY) -m translate bleu $(ARGS)
+
+test: $(STAMP) ## run the test suite (no network, no ../shared needed)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check translate tests
+	$(VENV)/bin/ruff format --check translate tests
+
+format: $(STAMP) ## format the code with ruff
+	$(VENV)/bin/ruff format translate tests
+	$(VENV)/bin/ruff check --fix translate tests
+
+clean: ## remove the virtualenv and caches (keeps data/ and runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

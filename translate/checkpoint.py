@@ -1,0 +1,95 @@
+"""Self-describing checkpoints, written atomically and loaded without executing code.
+
+A checkpoint is one file holding plain data and tensors only:
+
+    format_version   int
+    model_config     dict (ModelConfig fields)
+    vocab_size       int
+    tokenizer        uint8 tensor (the SentencePiece model bytes)
+    model            state_dict
+    step, epoch      int
+    metrics          dict of floats
+    train_state      dict (optimizer, scheduler, RNG, data position) or absent
+
+It is read with ``torch.load(weights_only=True)``, whose unpickler refuses anything but
+tensors and primitive containers, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A model file that cannot be used; the message says why."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write` on a temporary binary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically save `payload` (see module docstring) with the current format version."""
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; every failure becomes a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no model file at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain data, so it was not loaded "
+            f"(loading it could run code): {str(err).splitlines()[0][:200]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupted ({type(err).__name__}): not a translate model file") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path} is not a translate model file (no format_version)")
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version}, newer than this translate reads ({FORMAT_VERSION}): upgrade translate"
+        )
+    for key in ("model_config", "vocab_size", "tokenizer", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} lacks '{key}': not a complete translate model file")
+    return ckpt
+
+
+def tokenizer_bytes(ckpt: dict[str, Any]) -> bytes:
+    return ckpt["tokenizer"].numpy().tobytes()
+
+
+def bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)

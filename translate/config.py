@@ -1,0 +1,113 @@
+"""Typed configuration schemas.
+
+Every default lives here, in one dataclass field. ``conf/`` mirrors these classes; Hydra
+validates each YAML file against them when the configuration is composed, so a
+misspelled or ill-typed key fails before any work starts. Only the command-line layer
+sees :class:`Config` whole; every other module takes the one part it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel corpus comes from and how it is cut into subwords."""
+
+    name: str = "multi30k"  # names the artefact folder data/<name>/ and the run folder
+    hub_id: Optional[str] = "bentrevett/multi30k"  # datasets.load_dataset id, used when path is unset
+    path: Optional[str] = None  # local folder: hub layout (jsonl/parquet/...) or plain text files
+    format: str = "auto"  # auto | hub | text
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # split names in the hub layout
+    train_split: str = "train"
+    valid_split: str = "validation"
+    test_split: str = "test"
+    # file prefixes in the plain-text layout: <path>/<prefix>.<lang>
+    train_prefix: str = "train"
+    valid_prefix: str = "val"
+    test_prefix: str = "test2016"
+    test_name: str = "test2016"  # how reports name the test split
+    artefacts: str = "data"  # where the SentencePiece model is kept (data/<name>/)
+    vocab_size: int = 8000  # joint SentencePiece vocabulary over source and target
+    spm_model_type: str = "bpe"  # bpe | unigram
+    byte_fallback: bool = True  # unseen characters become byte pieces instead of <unk>
+    max_len: int = 100  # training pairs with more subwords on either side are dropped
+
+
+@dataclass
+class ModelConfig:
+    """Attention GRU encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
+
+    emb_dim: int = 256
+    enc_hidden: int = 512  # per direction; annotations are 2 * enc_hidden wide
+    dec_hidden: int = 512
+    enc_layers: int = 1
+    dec_layers: int = 1
+    decoder: str = "fused"  # fused (Luong/GNMT, one nn.GRU call) | input_feed (Bahdanau)
+    attention: str = "general"  # bahdanau | dot | general | scaled_dot | multihead
+    attn_dim: int = 512  # hidden size of additive / scaled / multi-head scoring
+    heads: int = 4  # multihead only
+    dropout: float = 0.3
+    tie_output: bool = True  # target embedding shared with the output layer
+    share_embeddings: bool = True  # source and target embeddings shared (joint vocabulary)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    batch_tokens: int = 3000  # target + padding tokens per batch (length-bucketed)
+    max_time: Optional[float] = None  # wall-clock budget in minutes (validation included)
+    max_steps: Optional[int] = None
+    max_epochs: int = 100
+    lr: float = 2e-3
+    warmup_steps: int = 300
+    schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
+    min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    valid_every: int = 500  # steps between validations
+    valid_beam: int = 1  # beam used for validation BLEU (1 = greedy)
+    patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
+    log_every: int = 100
+    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    threads: Optional[int] = None  # torch intra-op threads; None keeps torch's default
+    average_last: int = 0  # if > 0, best.pt is compared with the average of the last N saves
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 5
+    length_penalty: float = 1.0  # GNMT alpha; 0 = raw log-probability
+    max_len_a: float = 1.5  # output length limit: a * source_length + b
+    max_len_b: int = 10
+    n_best: int = 1
+    batch_size: int = 64  # sentences per decoding batch
+    checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    run_dir: str = "runs/${data.name}.${data.src_lang}-${data.tgt_lang}"
+    device: str = "auto"  # auto | cpu | cuda
+    overwrite: bool = False  # allow a run into a folder that holds another config's run
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore, so `conf/config.yaml` is typed."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)

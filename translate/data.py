@@ -1,0 +1,143 @@
+"""Parallel corpora: from the Hugging Face hub, a local copy in its layout, or plain text.
+
+Three sources, one result (:class:`Corpus`: aligned source and target lines per split):
+
+* ``data.hub_id`` with no ``data.path``: ``datasets.load_dataset(hub_id)``;
+* ``data.path`` pointing at a folder in the hub layout (``train.jsonl`` ...): the same
+  ``load_dataset`` call on the folder;
+* ``data.path`` pointing at plain text files ``<prefix>.<lang>``, one sentence per line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from translate.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+HUB_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+
+
+class DataError(RuntimeError):
+    """A corpus that cannot be read as asked; the message says what to do."""
+
+
+class MissingLanguage(DataError):
+    """The hub-layout dataset has no column for a requested language."""
+
+
+@dataclass
+class Split:
+    src: list[str]
+    tgt: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class Corpus:
+    train: Split
+    valid: Split
+    test: Split
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file, without line terminators; a bad byte names its line."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line") from None
+    return out
+
+
+def read_parallel(src_path: Path, tgt_path: Path) -> Split:
+    for p in (src_path, tgt_path):
+        if not p.is_file():
+            raise DataError(f"missing corpus file {p}")
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: parallel files must align line by line"
+        )
+    return Split(src, tgt)
+
+
+def _text_corpus(cfg: DataConfig) -> Corpus:
+    root = Path(cfg.path)
+
+    def split(prefix: str) -> Split:
+        return read_parallel(root / f"{prefix}.{cfg.src_lang}", root / f"{prefix}.{cfg.tgt_lang}")
+
+    return Corpus(split(cfg.train_prefix), split(cfg.valid_prefix), split(cfg.test_prefix))
+
+
+def _hub_corpus(cfg: DataConfig) -> Corpus:
+    source = cfg.path if cfg.path else cfg.hub_id
+    if not source:
+        raise DataError("set data.path (a local folder) or data.hub_id (a hub dataset)")
+    try:
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+        ds = datasets.load_dataset(source)
+    except (ConnectionError, OSError) as err:  # the hub unreachable, or a name it does not know
+        raise DataError(
+            f"could not load dataset '{source}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            "If this machine is offline, point data.path at a local copy (hub layout or plain "
+            "<split>.<lang> text files), e.g. data.path=../shared/data/multi30k"
+        ) from None
+
+    def split(name: str) -> Split:
+        if name not in ds:
+            raise DataError(f"dataset '{source}' has no split '{name}' (it has {sorted(ds)})")
+        part = ds[name]
+        for lang in (cfg.src_lang, cfg.tgt_lang):
+            if lang not in part.column_names:
+                raise MissingLanguage(f"dataset '{source}' has no '{lang}' column (it has {part.column_names})")
+        return Split(list(part[cfg.src_lang]), list(part[cfg.tgt_lang]))
+
+    return Corpus(split(cfg.train_split), split(cfg.valid_split), split(cfg.test_split))
+
+
+def _has_hub_layout(folder: Path) -> bool:
+    return any(p.suffix in HUB_SUFFIXES for p in folder.iterdir())
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """Read train/valid/test for ``cfg.src_lang`` -> ``cfg.tgt_lang`` from the configured source.
+
+    ``format=auto`` with a local folder reads it through ``load_dataset`` when it holds
+    hub-layout files with both languages, and as plain text files otherwise (Multi30k's
+    fr and cs, for example, exist only as text).
+    """
+    if cfg.format not in ("auto", "hub", "text"):
+        raise DataError(f"data.format must be auto, hub or text, not '{cfg.format}'")
+    if cfg.path is not None and not Path(cfg.path).is_dir():
+        raise DataError(f"data.path={cfg.path} is not a folder")
+    if cfg.format == "text" or (cfg.format == "auto" and cfg.path and not _has_hub_layout(Path(cfg.path))):
+        if cfg.path is None:
+            raise DataError("data.format=text needs data.path")
+        fmt, corpus = "text", _text_corpus(cfg)
+    else:
+        try:
+            fmt, corpus = "hub", _hub_corpus(cfg)
+        except MissingLanguage:
+            if cfg.format == "hub" or cfg.path is None:
+                raise
+            fmt, corpus = "text", _text_corpus(cfg)
+    log.info(
+        "corpus: %s (%s layout) %s-%s: train %d, valid %d, test %d pairs",
+        cfg.path or cfg.hub_id, fmt, cfg.src_lang, cfg.tgt_lang,
+        len(corpus.train), len(corpus.valid), len(corpus.test),
+    )
+    return corpus

@@ -1,0 +1,106 @@
+"""GRU decoders with attention, in two variants behind one interface.
+
+``input_feed`` (Bahdanau et al. 2015, sec. 3.1): at step t the previous state queries the
+annotations, and the context enters the recurrence:
+
+    c_t = attn(s_{t-1});  s_t = GRU([E y_{t-1}; c_t], s_{t-1});  o_t = tanh(W_c [s_t; c_t])
+
+Training runs this one step at a time.
+
+``fused`` (Luong et al. 2015; Wu et al. 2016): the recurrence reads only the target
+embeddings, so during training it runs over the whole target in one ``nn.GRU`` call,
+and attention is computed for all positions at once:
+
+    s_{1..T} = GRU(E y_{0..T-1});  c_t = attn(s_t);  o_t = tanh(W_c [s_t; c_t])
+
+Both produce logits = W_o dropout(o_t), where o_t has the embedding width so that W_o
+can be tied to the target embedding (Press & Wolf 2017). At inference both advance one
+step per call of :meth:`Decoder.step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from translate.attention import Attention, Memory
+
+VARIANTS = ("fused", "input_feed")
+
+
+@dataclass
+class DecoderState:
+    hidden: torch.Tensor  # (L, B, H)
+
+    def index_select(self, index: torch.Tensor) -> DecoderState:
+        return DecoderState(self.hidden.index_select(1, index))
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self,
+        variant: str,
+        embed: nn.Embedding,
+        attention: Attention,
+        *,
+        enc_dim: int,
+        hidden: int,
+        layers: int,
+        dropout: float,
+        tie_output: bool,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"model.decoder must be one of {', '.join(VARIANTS)}, not '{variant}'")
+        self.variant = variant
+        self.embed = embed
+        self.attention = attention
+        self.layers, self.hidden = layers, hidden
+        emb_dim, vocab = embed.embedding_dim, embed.num_embeddings
+        rnn_in = emb_dim + (attention.context_dim if variant == "input_feed" else 0)
+        self.rnn = nn.GRU(rnn_in, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.bridge = nn.Linear(enc_dim, layers * hidden)
+        self.combine = nn.Linear(hidden + attention.context_dim, emb_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(emb_dim, vocab, bias=False)
+        if tie_output:
+            self.output.weight = embed.weight
+
+    def init_state(self, final: torch.Tensor) -> DecoderState:
+        """final (B, enc_dim) encoder summary -> initial state (L, B, H)."""
+        h = torch.tanh(self.bridge(final)).view(final.size(0), self.layers, self.hidden)
+        return DecoderState(h.transpose(0, 1).contiguous())
+
+    def forward(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        """Teacher-forced pass: tgt_in (B, T) -> logits (B, T, V)."""
+        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        if self.variant == "fused":
+            states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
+            context, _ = self.attention(states, memory)  # (B, T, C)
+            out = torch.tanh(self.combine(torch.cat([states, context], dim=-1)))
+        else:
+            outs = []
+            for t in range(tgt_in.size(1)):
+                o, state = self._input_feed_step(emb[:, t : t + 1], state, memory)
+                outs.append(o)
+            out = torch.cat(outs, dim=1)
+        return self.output(self.dropout(out))
+
+    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        """tokens (B,) previous outputs -> logits (B, V), next state."""
+        emb = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        if self.variant == "fused":
+            s, hidden = self.rnn(emb, state.hidden)
+            context, _ = self.attention(s, memory)
+            out, state = torch.tanh(self.combine(torch.cat([s, context], dim=-1))), DecoderState(hidden)
+        else:
+            out, state = self._input_feed_step(emb, state, memory)
+        return self.output(out).squeeze(1), state
+
+    def _input_feed_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        """emb (B, 1, E) -> attentional output (B, 1, E), next state."""
+        context, _ = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
+        s, hidden = self.rnn(torch.cat([emb, context], dim=-1), state.hidden)  # (B, 1, H)
+        return torch.tanh(self.combine(torch.cat([s, context], dim=-1))), DecoderState(hidden)

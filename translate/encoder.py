@@ -1,0 +1,37 @@
+"""Bidirectional GRU encoder (Bahdanau et al. 2015, sec. 3.2) over packed sequences."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class Encoder(nn.Module):
+    """Embeds source ids and runs a bi-GRU over the real (unpadded) positions only.
+
+    Packing means a sentence's annotations do not depend on how much padding its batch
+    adds, which is what makes a translation independent of the batch it is in.
+    """
+
+    def __init__(self, embed: nn.Embedding, *, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = embed
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = nn.GRU(
+            embed.embedding_dim, hidden, num_layers=layers, batch_first=True,
+            bidirectional=True, dropout=dropout if layers > 1 else 0.0,
+        )
+        self.out_dim = 2 * hidden
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S), src_lengths (B,) -> annotations (B, S, 2H), final (B, 2H).
+
+        `final` joins the last layer's forward state at the last real token and its
+        backward state at the first token.
+        """
+        x = self.dropout(self.embed(src))  # (B, S, E)
+        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h = self.rnn(packed)  # h (2L, B, H)
+        annotations, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        return annotations, torch.cat([h[-2], h[-1]], dim=-1)

@@ -1,0 +1,95 @@
+"""The attention encoder-decoder and the contract search uses to drive it.
+
+Search reaches the model only through three calls (as fairseq's sequence generator
+does):
+
+    memory, state = model.encode(src, src_lengths)
+    log_probs, state = model.decode_step(prev_tokens, state, memory)
+    state = model.reorder(state, index)        # also memory, for beam tiling / pruning
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from translate.attention import Attention, Memory
+from translate.batching import Batch
+from translate.config import ModelConfig
+from translate.decoder import Decoder, DecoderState
+from translate.encoder import Encoder
+from translate.tokenizer import PAD
+
+Reorderable = TypeVar("Reorderable", Memory, DecoderState)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        tgt_embed = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        self.encoder = Encoder(src_embed, hidden=cfg.enc_hidden, layers=cfg.enc_layers, dropout=cfg.dropout)
+        attention = Attention(
+            cfg.attention, query_dim=cfg.dec_hidden, key_dim=self.encoder.out_dim,
+            attn_dim=cfg.attn_dim, heads=cfg.heads,
+        )
+        self.decoder = Decoder(
+            cfg.decoder, tgt_embed, attention, enc_dim=self.encoder.out_dim, hidden=cfg.dec_hidden,
+            layers=cfg.dec_layers, dropout=cfg.dropout, tie_output=cfg.tie_output,
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(p, std=p.size(-1) ** -0.5)
+                with torch.no_grad():
+                    p[PAD].zero_()
+            elif p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memory, DecoderState]:
+        """src (B, S), src_lengths (B,) -> attention memory, initial decoder state."""
+        annotations, final = self.encoder(src, src_lengths)
+        mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths.to(src.device)[:, None]
+        return self.decoder.attention.precompute(annotations, mask), self.decoder.init_state(final)
+
+    def decode_step(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """tokens (B,) -> log-probabilities (B, V) in fp32, next state."""
+        logits, state = self.decoder.step(tokens, state, memory)
+        return F.log_softmax(logits.float(), dim=-1), state
+
+    @staticmethod
+    def reorder(x: Reorderable, index: torch.Tensor) -> Reorderable:
+        """Select (and repeat) batch rows of a state or memory: x[index]."""
+        return x.index_select(index)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for batch.tgt_in."""
+        memory, state = self.encode(batch.src, batch.src_lengths)
+        return self.decoder(batch.tgt_in, state, memory)
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, T, V), target (B, T) -> (smoothed loss, nll), both summed over non-pad tokens.
+
+    loss = (1 - eps) * nll + eps * mean_v(-log p_v)   (Szegedy et al. 2016)
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
+    target = target.reshape(-1)
+    keep = target != PAD
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)[keep].sum()
+    smooth = -log_probs[keep].mean(dim=-1).sum() if epsilon > 0 else nll.new_zeros(())
+    return (1 - epsilon) * nll + epsilon * smooth, nll
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared weights counted once

@@ -1,0 +1,93 @@
+"""Lines of text in, the same number of translated lines out, in the same order.
+
+Empty and whitespace-only lines give empty translations without touching the model;
+every other line is tokenized, decoded in length-sorted batches (less padding, more
+speed) and put back in its original place. Input is consumed in chunks, so a file of
+any size streams through in bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from translate.batching import make_batch
+from translate.checkpoint import load_checkpoint, tokenizer_bytes
+from translate.config import DecodeConfig, ModelConfig
+from translate.model import Seq2Seq
+from translate.search import beam_search, greedy_search
+from translate.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 4096  # lines read ahead and sorted by length together
+
+
+class Translator:
+    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, cfg: DecodeConfig, *, max_input_len: int = 250) -> None:
+        self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
+        self.max_input_len = max_input_len
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str, cfg: DecodeConfig, device: str = "cpu") -> Translator:
+        ckpt = load_checkpoint(path)
+        model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
+        model.load_state_dict(ckpt["model"])
+        return cls(model.to(device), Tokenizer(tokenizer_bytes(ckpt)), cfg)
+
+    def translate(self, lines: Iterable[str], *, first_line: int = 1) -> Iterator[str]:
+        """Yield exactly one translation (without newline) per input line, in order."""
+        chunk: list[str] = []
+        start = first_line
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) == CHUNK_LINES:
+                yield from self._translate_chunk(chunk, start)
+                start += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self._translate_chunk(chunk, start)
+
+    def _translate_chunk(self, lines: list[str], first_line: int) -> list[str]:
+        out = [""] * len(lines)
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        ids = self.tokenizer.encode([lines[i] for i in todo])
+        for i, seq in zip(todo, ids):
+            if len(seq) > self.max_input_len:
+                log.warning(
+                    "line %d: %d subwords, longer than the limit of %d; only the first %d are translated",
+                    first_line + i, len(seq), self.max_input_len, self.max_input_len,
+                )
+        ids = [seq[: self.max_input_len] for seq in ids]
+        order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
+        for start in range(0, len(order), self.cfg.batch_size):
+            part = order[start : start + self.cfg.batch_size]
+            hyps = self.translate_ids([ids[j] for j in part])
+            for j, text in zip(part, self.tokenizer.decode(hyps)):
+                out[todo[j]] = " ".join(text.split())  # no stray newlines or control whitespace
+        return out
+
+    def translate_ids(self, src: list[list[int]]) -> list[list[int]]:
+        """Subword ids of sentences -> subword ids of their best translations."""
+        batch = make_batch(src).to(self.device)
+        c = self.cfg
+        if c.beam_size == 1:
+            hyps = greedy_search(self.model, batch.src, batch.src_lengths, max_len_a=c.max_len_a, max_len_b=c.max_len_b)
+            return [h.tokens for h in hyps]
+        nbest = beam_search(
+            self.model, batch.src, batch.src_lengths, beam_size=c.beam_size,
+            length_penalty_alpha=c.length_penalty, max_len_a=c.max_len_a, max_len_b=c.max_len_b,
+        )
+        return [h[0].tokens for h in nbest]
+
+
+def device_for(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a cuda request without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' asked for, but torch sees no CUDA GPU: use --device cpu")
+    return torch.device(name)
