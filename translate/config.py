@@ -74,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
-    valid_every: int = 500  # steps between validations
+    valid_every: int = 250  # steps between validations
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy)
     patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
     log_every: int = 100
