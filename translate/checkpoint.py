@@ -18,9 +18,9 @@ tensors and primitive containers, so a crafted file cannot run code.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} holds objects other than tensors and plain data, so it was not loaded "
             f"(loading it could run code): {str(err).splitlines()[0][:200]}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # torch raises many kinds on damaged files: zip, key, EOF, runtime
         raise CheckpointError(f"{path} is truncated or corrupted ({type(err).__name__}): not a translate model file") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a translate model file (no format_version)")
@@ -85,6 +85,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise CheckpointError(f"{path} lacks '{key}': not a complete translate model file")
     return ckpt
+
+
+def model_payload(model, tokenizer) -> dict[str, Any]:
+    """What inference needs from a model (a Seq2Seq) and its tokenizer, as plain data."""
+    return {
+        "model_config": asdict(model.cfg),
+        "vocab_size": model.vocab_size,
+        "tokenizer": bytes_tensor(tokenizer.model_bytes),
+        "model": model.state_dict(),
+    }
 
 
 def tokenizer_bytes(ckpt: dict[str, Any]) -> bytes:

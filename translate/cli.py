@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from translate.config import Config, DecodeConfig, register_configs
+from translate.config import Config, DecodeConfig, register_configs, to_config
 
 log = logging.getLogger("translate")
 
@@ -142,13 +142,11 @@ COMMANDS = {"train": train, "bleu": bleu}
 def hydra_main(command: str, argv: list[str]) -> None:
     """Compose the configuration with Hydra (validated against the dataclasses), then run."""
     import hydra
-    from omegaconf import OmegaConf
-
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _main(dcfg) -> None:
-        cfg: Config = OmegaConf.to_object(dcfg)
+        cfg = to_config(dcfg)
         COMMANDS[command](cfg)
 
     sys.argv = [f"translate {command}", *argv, f"hydra.job.name={command}"]

@@ -111,3 +111,32 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A configuration key the schema does not have."""
+
+
+def to_config(dcfg) -> Config:
+    """A composed Hydra config -> :class:`Config`, refusing keys the dataclasses lack.
+
+    Hydra rejects a misspelled key on its own; a key added with ``+key=value`` would
+    otherwise be dropped without a word.
+    """
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import OmegaConf
+
+    def check(node: dict, schema: type, where: str) -> None:
+        known = {f.name: f for f in fields(schema)}
+        for key, value in node.items():
+            if key not in known:
+                raise ConfigError(f"unknown config key '{where}{key}' (known: {', '.join(known)})")
+            default = getattr(schema(), key)
+            if isinstance(value, dict) and is_dataclass(default):
+                check(value, type(default), f"{where}{key}.")
+
+    plain = OmegaConf.to_container(dcfg, resolve=False)
+    plain.pop("hydra", None)
+    check(plain, Config, "")
+    return OmegaConf.to_object(dcfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def train_tokenizer(
 ) -> Tokenizer:
     """Train a joint SentencePiece model on `sentences` (source and target text together)."""
     buf = io.BytesIO()
+    try:
+        _train(buf, sentences, vocab_size, model_type, byte_fallback, seed_sentences)
+    except RuntimeError as err:
+        found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(err))
+        if not found:
+            raise
+        raise ValueError(
+            f"data.vocab_size={vocab_size} is below the {found.group(2)} pieces this corpus needs for its characters"
+            + (" plus 256 byte pieces (data.byte_fallback=true)" if byte_fallback else "")
+            + ": raise data.vocab_size"
+        ) from None
+    return Tokenizer(buf.getvalue())
+
+
+def _train(buf, sentences, vocab_size, model_type, byte_fallback, seed_sentences) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(s for s in sentences if s.strip()),
         model_writer=buf,
@@ -71,7 +87,6 @@ def train_tokenizer(
         num_threads=2,
         minloglevel=2,
     )
-    return Tokenizer(buf.getvalue())
 
 
 def load_or_train(path: Path, sentences: Iterable[str], **kwargs) -> Tokenizer:

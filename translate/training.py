@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from translate.batching import make_batch, token_batches
-from translate.checkpoint import bytes_tensor, load_checkpoint, save_checkpoint
+from translate.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from translate.config import DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import score
@@ -130,10 +130,7 @@ class Trainer:
     def _payload(self, with_state: bool) -> dict[str, Any]:
         p = self.progress
         payload = {
-            "model_config": asdict(self.model.cfg),
-            "vocab_size": self.model.vocab_size,
-            "tokenizer": bytes_tensor(self.tokenizer.model_bytes),
-            "model": self.model.state_dict(),
+            **model_payload(self.model, self.tokenizer),
             "step": p.step,
             "epoch": p.epoch,
             "metrics": dict(p.history[-1]) if p.history else {},

@@ -1,0 +1,75 @@
+"""Checkpoints: a round trip translates identically; loading never runs code from the file."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from translate.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+
+
+class Payload:
+    """Unpickling this object would create the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": {}, "trap": Payload(str(marker))}, evil)
+    # the file really carries the payload: plain unpickling would run it
+    with zipfile.ZipFile(evil) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert b"touch" in data
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    pickle.loads(data)  # the control: unrestricted unpickling does run it
+    assert marker.exists()
+
+
+def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model_config": {}, "vocab_size": 1, "tokenizer": torch.zeros(1), "model": {}})
+    blob = good.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(truncated)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(text)
+    with pytest.raises(CheckpointError, match="no model file"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"format_version": FORMAT_VERSION + 1, "model_config": {}, "vocab_size": 1,
+                "tokenizer": torch.zeros(1), "model": {}}, path)
+    with pytest.raises(CheckpointError, match="upgrade translate"):
+        load_checkpoint(path)
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model_config": {}, "vocab_size": 1, "tokenizer": torch.zeros(1), "model": {}, "step": 1})
+
+    class Boom:
+        def __reduce__(self):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model_config": {}, "step": 2, "bad": Boom()})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

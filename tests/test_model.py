@@ -1,0 +1,119 @@
+"""The model's contract: masks, attention weights, and step-by-step decoding that agrees
+with the teacher-forced pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from translate.attention import KINDS, Attention
+from translate.batching import make_batch, token_batches
+from translate.config import ModelConfig
+from translate.model import Seq2Seq, label_smoothed_loss
+from translate.tokenizer import BOS, EOS, PAD
+
+ATTENTIONS = [k for k in KINDS if k != "additive"]
+
+
+def build(decoder: str, attention: str, **overrides) -> Seq2Seq:
+    torch.manual_seed(0)
+    dims = dict(emb_dim=12, enc_hidden=8, dec_hidden=16, attn_dim=16, heads=4, dropout=0.0)
+    dims.update(overrides)
+    return Seq2Seq(ModelConfig(decoder=decoder, attention=attention, **dims), 25).eval()
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_attention_weights_sum_to_one_and_ignore_padding(kind):
+    torch.manual_seed(1)
+    attn = Attention(kind, query_dim=16, key_dim=16, attn_dim=16, heads=4)
+    keys = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    memory = attn.precompute(keys, mask)
+    query = torch.randn(3, 4, 16)
+    context, weights = attn(query, memory)
+    assert context.shape == (3, 4, attn.context_dim)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4))
+    assert torch.all(weights.masked_select(~mask.unsqueeze(1).expand_as(weights)) == 0)
+    # whatever sits under the padding changes nothing
+    noisy = keys.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), 16) * 100
+    context1, _ = attn(query, memory)
+    context2, _ = attn(query, attn.precompute(noisy, mask))
+    torch.testing.assert_close(context1, context2)
+
+
+def test_dot_attention_rejects_mismatched_sizes_with_advice():
+    with pytest.raises(ValueError, match="dec_hidden=32"):
+        Attention("dot", query_dim=16, key_dim=32, attn_dim=16)
+
+
+@pytest.mark.parametrize("decoder", ["fused", "input_feed"])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_step_by_step_decoding_equals_teacher_forcing(decoder, attention):
+    model = build(decoder, attention)
+    src = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    tgt = [[14, 15, 16], [17], [18, 19, 20, 21, 22]]
+    batch = make_batch(src, tgt)
+    with torch.no_grad():
+        forced = torch.log_softmax(model(batch), dim=-1)  # (B, T, V)
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        for t in range(batch.tgt_in.size(1)):
+            log_probs, state = model.decode_step(batch.tgt_in[:, t], state, memory)
+            real = batch.tgt_in[:, t] != PAD
+            torch.testing.assert_close(log_probs[real], forced[real, t], atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_output_does_not_depend_on_batch_padding():
+    model = build("fused", "general")
+    short = [4, 5, 6]
+    alone = make_batch([short])
+    padded = make_batch([short, list(range(4, 20))])
+    with torch.no_grad():
+        a, _ = model.encoder(alone.src, alone.src_lengths)
+        b, _ = model.encoder(padded.src, padded.src_lengths)
+    torch.testing.assert_close(a[0], b[0, : a.size(1)], atol=1e-6, rtol=1e-5)
+    assert torch.all(b[0, a.size(1):] == 0)
+
+
+def test_batch_shifts_the_target_and_counts_real_tokens():
+    batch = make_batch([[7, 8]], [[9, 10, 11], [12]])
+    assert batch.tgt_in.tolist() == [[BOS, 9, 10, 11], [BOS, 12, PAD, PAD]]
+    assert batch.tgt_out.tolist() == [[9, 10, 11, EOS], [12, EOS, PAD, PAD]]
+    assert batch.src.tolist() == [[7, 8, EOS]]
+    assert batch.ntokens == 6
+
+
+def test_token_batches_cover_every_example_once_within_budget():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(1, 40, (500,), generator=g).tolist()
+    tgt = torch.randint(1, 40, (500,), generator=g).tolist()
+    batches = token_batches(src, tgt, batch_tokens=300, generator=torch.Generator().manual_seed(1))
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for b in batches:
+        assert len(b) * (max(max(src[i], tgt[i]) for i in b) + 1) <= 300 or len(b) == 1
+    again = token_batches(src, tgt, batch_tokens=300, generator=torch.Generator().manual_seed(1))
+    assert again == batches  # the same seed gives the same order
+
+
+def test_label_smoothing_reduces_to_nll_at_zero_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 10)
+    target = torch.tensor([[4, 5, PAD], [6, PAD, PAD]])
+    loss, nll = label_smoothed_loss(logits, target, 0.0)
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 10), target.view(-1), ignore_index=PAD,
+                                                 reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected)
+    smoothed, nll2 = label_smoothed_loss(logits, target, 0.1)
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 10), target.view(-1), ignore_index=PAD,
+                                            reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(smoothed, ref)
+    torch.testing.assert_close(nll2, expected)
+
+
+def test_tied_output_shares_the_embedding():
+    model = build("fused", "general", tie_output=True, share_embeddings=True)
+    assert model.decoder.output.weight is model.decoder.embed.weight
+    assert model.encoder.embed is model.decoder.embed
+    untied = build("fused", "general", tie_output=False, share_embeddings=False)
+    assert untied.decoder.output.weight is not untied.decoder.embed.weight
