@@ -78,7 +78,11 @@ def reversal_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("reversal")
     write_text_corpus(
         work / "corpus",
-        {"train": reversal_pairs(4000, seed=1), "val": reversal_pairs(100, seed=2), "test": reversal_pairs(100, seed=3)},
+        {
+            "train": reversal_pairs(4000, seed=1),
+            "val": reversal_pairs(100, seed=2),
+            "test": reversal_pairs(100, seed=3),
+        },
     )
     result = run_cli("train", *REVERSAL_OVERRIDES, f"data.path={work / 'corpus'}", "run_dir=run", cwd=work)
     assert result.returncode == 0, result.stderr.decode()[-3000:]

@@ -55,8 +55,16 @@ def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
 
 def test_a_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "future.pt"
-    torch.save({"format_version": FORMAT_VERSION + 1, "model_config": {}, "vocab_size": 1,
-                "tokenizer": torch.zeros(1), "model": {}}, path)
+    torch.save(
+        {
+            "format_version": FORMAT_VERSION + 1,
+            "model_config": {},
+            "vocab_size": 1,
+            "tokenizer": torch.zeros(1),
+            "model": {},
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match="upgrade translate"):
         load_checkpoint(path)
 

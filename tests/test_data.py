@@ -21,8 +21,11 @@ def write_hub_layout(folder, splits):
                 f.write(json.dumps({"en": en, "de": de}) + "\n")
 
 
-PAIRS = {"train": [("a dog", "ein Hund"), ("a cat", "eine Katze")], "val": [("a cow", "eine Kuh")],
-         "test": [("a bird", "ein Vogel"), ("two", "zwei"), ("ü", "ö")]}
+PAIRS = {
+    "train": [("a dog", "ein Hund"), ("a cat", "eine Katze")],
+    "val": [("a cow", "eine Kuh")],
+    "test": [("a bird", "ein Vogel"), ("two", "zwei"), ("ü", "ö")],
+}
 
 
 def test_a_local_folder_in_the_hub_layout_reads_through_load_dataset(tmp_path):
@@ -38,15 +41,17 @@ def test_a_local_folder_in_the_hub_layout_reads_through_load_dataset(tmp_path):
 def test_plain_text_files_and_a_language_only_there(tmp_path):
     folder = tmp_path / "corpus"
     write_hub_layout(folder, PAIRS)
-    write_text_corpus(folder, {"train": [("un chien", "ein Hund")], "val": [("x", "y")], "test2016": [("z", "w")]},
-                      src="fr", tgt="de")
+    write_text_corpus(
+        folder, {"train": [("un chien", "ein Hund")], "val": [("x", "y")], "test2016": [("z", "w")]}, src="fr", tgt="de"
+    )
     corpus = load_corpus(DataConfig(path=str(folder), src_lang="fr", tgt_lang="de"))
     assert corpus.train.src == ["un chien"] and corpus.test.tgt == ["w"]
 
 
 def test_files_of_different_lengths_are_named_with_their_counts(tmp_path):
-    folder = write_text_corpus(tmp_path / "c", {"train": reversal_pairs(5, 0), "val": reversal_pairs(2, 0),
-                                                "test": reversal_pairs(2, 0)})
+    folder = write_text_corpus(
+        tmp_path / "c", {"train": reversal_pairs(5, 0), "val": reversal_pairs(2, 0), "test": reversal_pairs(2, 0)}
+    )
     (folder / "train.yy").write_text("only\none\nthree\n", encoding="utf-8")
     cfg = DataConfig(path=str(folder), format="text", src_lang="xx", tgt_lang="yy", test_prefix="test")
     with pytest.raises(DataError, match=r"train\.xx has 5 lines but .*train\.yy has 3"):

@@ -72,7 +72,7 @@ def test_encoder_output_does_not_depend_on_batch_padding():
         a, _ = model.encoder(alone.src, alone.src_lengths)
         b, _ = model.encoder(padded.src, padded.src_lengths)
     torch.testing.assert_close(a[0], b[0, : a.size(1)], atol=1e-6, rtol=1e-5)
-    assert torch.all(b[0, a.size(1):] == 0)
+    assert torch.all(b[0, a.size(1) :] == 0)
 
 
 def test_batch_shifts_the_target_and_counts_real_tokens():
@@ -100,13 +100,15 @@ def test_label_smoothing_reduces_to_nll_at_zero_and_ignores_padding():
     logits = torch.randn(2, 3, 10)
     target = torch.tensor([[4, 5, PAD], [6, PAD, PAD]])
     loss, nll = label_smoothed_loss(logits, target, 0.0)
-    expected = torch.nn.functional.cross_entropy(logits.view(-1, 10), target.view(-1), ignore_index=PAD,
-                                                 reduction="sum")
+    expected = torch.nn.functional.cross_entropy(
+        logits.view(-1, 10), target.view(-1), ignore_index=PAD, reduction="sum"
+    )
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(nll, expected)
     smoothed, nll2 = label_smoothed_loss(logits, target, 0.1)
-    ref = torch.nn.functional.cross_entropy(logits.view(-1, 10), target.view(-1), ignore_index=PAD,
-                                            reduction="sum", label_smoothing=0.1)
+    ref = torch.nn.functional.cross_entropy(
+        logits.view(-1, 10), target.view(-1), ignore_index=PAD, reduction="sum", label_smoothing=0.1
+    )
     torch.testing.assert_close(smoothed, ref)
     torch.testing.assert_close(nll2, expected)
 

@@ -29,8 +29,9 @@ def test_a_small_model_learns_to_reverse(reversal_run):
 
 
 def test_bleu_command_prints_scores_with_signatures(reversal_run):
-    result = run_cli("bleu", *REVERSAL_OVERRIDES, f"data.path={reversal_run / 'corpus'}", "run_dir=run",
-                     cwd=reversal_run)
+    result = run_cli(
+        "bleu", *REVERSAL_OVERRIDES, f"data.path={reversal_run / 'corpus'}", "run_dir=run", cwd=reversal_run
+    )
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "test xx-yy BLEU = " in out and "test xx-yy chrF2 = " in out
@@ -54,8 +55,9 @@ def test_translate_keeps_one_line_per_input_line(reversal_run):
     assert out[0] == "C B A" and out[3] == "G F E D"
     # stdin and -o give the same lines
     dest = reversal_run / "out.txt"
-    piped = run_cli("translate", "--model", str(model), "--beam", "2", "-o", str(dest), cwd=reversal_run,
-                    input=src.read_bytes())
+    piped = run_cli(
+        "translate", "--model", str(model), "--beam", "2", "-o", str(dest), cwd=reversal_run, input=src.read_bytes()
+    )
     assert piped.returncode == 0, piped.stderr.decode()
     assert dest.read_text(encoding="utf-8").split("\n")[:-1] == out
 
@@ -76,8 +78,9 @@ def test_a_checkpoint_round_trip_translates_identically(tmp_path):
     text = [s for pair in reversal_pairs(300, 7) for s in pair]
     tokenizer = train_tokenizer(text, vocab_size=60, byte_fallback=False)
     torch.manual_seed(3)
-    cfg = ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, decoder="input_feed",
-                      attention="bahdanau", dropout=0.0)
+    cfg = ModelConfig(
+        emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, decoder="input_feed", attention="bahdanau", dropout=0.0
+    )
     model = Seq2Seq(cfg, tokenizer.vocab_size)
     decode = DecodeConfig(beam_size=3)
     before = list(Translator(model, tokenizer, decode).translate(text[:40]))

@@ -103,8 +103,15 @@ def test_eos_is_forced_at_the_length_limit():
     table = {BOS: {A: 1.0}, A: {A: 0.9, B: 0.1 - 1e-6, EOS: 1e-6}, B: {A: 1.0 - 1e-6, EOS: 1e-6}}  # EOS unlikely
     for length in (1, 3):
         limit = int(1.0 * length + 1)
-        (nbest,) = beam_search(BigramModel(table), *src_batch(length=length), beam_size=2,
-                               length_penalty_alpha=0.0, max_len_a=1.0, max_len_b=1, n_best=2)
+        (nbest,) = beam_search(
+            BigramModel(table),
+            *src_batch(length=length),
+            beam_size=2,
+            length_penalty_alpha=0.0,
+            max_len_a=1.0,
+            max_len_b=1,
+            n_best=2,
+        )
         assert nbest[0].tokens == [A] * limit
         assert [len(h.tokens) for h in nbest] == [limit, limit]
         (g,) = greedy_search(BigramModel(table), *src_batch(length=length), max_len_a=1.0, max_len_b=1)
@@ -113,15 +120,24 @@ def test_eos_is_forced_at_the_length_limit():
 
 def test_pad_and_bos_are_never_generated():
     table = {BOS: {0: 0.5, BOS: 0.3, A: 0.2}, A: {EOS: 1.0}}
-    (nbest,) = beam_search(BigramModel(table), *src_batch(), beam_size=3, length_penalty_alpha=0.0,
-                           max_len_a=0, max_len_b=5, n_best=1)
+    (nbest,) = beam_search(
+        BigramModel(table), *src_batch(), beam_size=3, length_penalty_alpha=0.0, max_len_a=0, max_len_b=5, n_best=1
+    )
     assert nbest[0].tokens == [A]
 
 
 def small_model(decoder: str = "fused", attention: str = "general", seed: int = 0) -> Seq2Seq:
     torch.manual_seed(seed)
-    cfg = ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, heads=2, dropout=0.0,
-                      decoder=decoder, attention=attention)
+    cfg = ModelConfig(
+        emb_dim=16,
+        enc_hidden=16,
+        dec_hidden=16,
+        attn_dim=16,
+        heads=2,
+        dropout=0.0,
+        decoder=decoder,
+        attention=attention,
+    )
     model = Seq2Seq(cfg, 30).eval()
     with torch.no_grad():  # sharpen the random distributions so hypotheses differ and end
         model.decoder.output.weight.mul_(8)
@@ -130,7 +146,9 @@ def small_model(decoder: str = "fused", attention: str = "general", seed: int = 
 
 def random_sentences(n: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, 30, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return [
+        torch.randint(4, 30, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("decoder", ["fused", "input_feed"])
@@ -146,21 +164,28 @@ def test_a_sentence_translates_the_same_alone_and_in_any_batch(decoder):
         alone.append(beam_search(model, b.src, b.src_lengths, **kwargs)[0][0].tokens)
     assert together == alone
     reversed_batch = make_batch(sents[::-1])
-    assert [h[0].tokens for h in beam_search(model, reversed_batch.src, reversed_batch.src_lengths, **kwargs)][::-1] == together
+    assert [h[0].tokens for h in beam_search(model, reversed_batch.src, reversed_batch.src_lengths, **kwargs)][
+        ::-1
+    ] == together
 
 
 def test_beam_one_equals_greedy():
     model = small_model("fused", "multihead")
     batch = make_batch(random_sentences(12, seed=2))
     greedy = greedy_search(model, batch.src, batch.src_lengths, max_len_a=1.5, max_len_b=5)
-    beam = beam_search(model, batch.src, batch.src_lengths, beam_size=1, length_penalty_alpha=0.0,
-                       max_len_a=1.5, max_len_b=5)
+    beam = beam_search(
+        model, batch.src, batch.src_lengths, beam_size=1, length_penalty_alpha=0.0, max_len_a=1.5, max_len_b=5
+    )
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
     assert [h.log_prob for h in greedy] == pytest.approx([b[0].log_prob for b in beam], abs=1e-4)
 
 
 def test_wider_beam_never_scores_worse_on_the_fake_model():
     model = BigramModel(TABLE)
-    scores = [beam_search(model, *src_batch(), beam_size=k, length_penalty_alpha=0.0, max_len_a=0,
-                          max_len_b=10)[0][0].log_prob for k in (1, 2, 3)]
+    scores = [
+        beam_search(model, *src_batch(), beam_size=k, length_penalty_alpha=0.0, max_len_a=0, max_len_b=10)[0][
+            0
+        ].log_prob
+        for k in (1, 2, 3)
+    ]
     assert scores[0] < scores[1] == pytest.approx(scores[2])

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from translate.config import ConfigError
+
 KINDS = ("bahdanau", "additive", "dot", "general", "scaled_dot", "multihead")
 
 
@@ -37,14 +39,16 @@ class Memory:
     mask: torch.Tensor  # (B, S) True at real source positions
 
     def index_select(self, index: torch.Tensor) -> Memory:
-        return Memory(self.keys.index_select(0, index), self.values.index_select(0, index), self.mask.index_select(0, index))
+        return Memory(
+            self.keys.index_select(0, index), self.values.index_select(0, index), self.mask.index_select(0, index)
+        )
 
 
 class Attention(nn.Module):
     def __init__(self, kind: str, *, query_dim: int, key_dim: int, attn_dim: int, heads: int = 1) -> None:
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"model.attention must be one of {', '.join(KINDS)}, not '{kind}'")
+            raise ConfigError(f"model.attention must be one of {', '.join(KINDS)}, not '{kind}'")
         self.kind = "bahdanau" if kind == "additive" else kind
         self.heads = heads if kind == "multihead" else 1
         self.context_dim = key_dim
@@ -54,7 +58,7 @@ class Attention(nn.Module):
             self.v = nn.Linear(attn_dim, 1, bias=False)
         elif self.kind == "dot":
             if query_dim != key_dim:
-                raise ValueError(
+                raise ConfigError(
                     f"dot attention needs equal query and key sizes, got decoder {query_dim} vs annotations "
                     f"{key_dim}: set model.dec_hidden={key_dim} or use model.attention=general"
                 )
@@ -62,7 +66,7 @@ class Attention(nn.Module):
             self.key_proj = nn.Linear(key_dim, query_dim, bias=False)
         else:  # scaled_dot, multihead
             if attn_dim % self.heads:
-                raise ValueError(f"model.attn_dim={attn_dim} must be divisible by model.heads={self.heads}")
+                raise ConfigError(f"model.attn_dim={attn_dim} must be divisible by model.heads={self.heads}")
             self.key_proj = nn.Linear(key_dim, attn_dim, bias=False)
             self.query_proj = nn.Linear(query_dim, attn_dim, bias=False)
             if self.kind == "multihead":

@@ -18,11 +18,12 @@ tensors and primitive containers, so a crafted file cannot run code.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 import pickle
 import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
 
@@ -73,13 +74,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(loading it could run code): {str(err).splitlines()[0][:200]}"
         ) from None
     except Exception as err:  # torch raises many kinds on damaged files: zip, key, EOF, runtime
-        raise CheckpointError(f"{path} is truncated or corrupted ({type(err).__name__}): not a translate model file") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({type(err).__name__}): not a translate model file"
+        ) from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a translate model file (no format_version)")
     version = ckpt["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {version}, newer than this translate reads ({FORMAT_VERSION}): upgrade translate"
+            f"{path} has format version {version}, newer than this translate reads "
+            f"({FORMAT_VERSION}): upgrade translate"
         )
     for key in ("model_config", "vocab_size", "tokenizer", "model"):
         if key not in ckpt:

@@ -1,8 +1,8 @@
 """Command-line layer: the only place that sees the whole configuration.
 
-    python -m translate train key=value ...     (make train ARGS="key=value ...")
-    python -m translate bleu  key=value ...     (make bleu ARGS="...")
-    translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--device cpu|cuda]
+python -m translate train key=value ...     (make train ARGS="key=value ...")
+python -m translate bleu  key=value ...     (make bleu ARGS="...")
+translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from translate.config import Config, DecodeConfig, register_configs, to_config
+from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
 
 log = logging.getLogger("translate")
 
@@ -25,8 +25,18 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # keys that may change between a run and its resumption (budgets, logging, decoding, where data comes from)
 RESUMABLE_KEYS = {
-    "train.max_time", "train.max_steps", "train.max_epochs", "train.patience", "train.log_every", "train.threads",
-    "data.path", "data.hub_id", "data.format", "device", "overwrite", "run_dir",
+    "train.max_time",
+    "train.max_steps",
+    "train.max_epochs",
+    "train.patience",
+    "train.log_every",
+    "train.threads",
+    "data.path",
+    "data.hub_id",
+    "data.format",
+    "device",
+    "overwrite",
+    "run_dir",
 }
 
 
@@ -88,21 +98,37 @@ def train(cfg: Config) -> dict[str, Any]:
     random.seed(cfg.train.seed)
     corpus = load_corpus(cfg.data)
     d = cfg.data
-    spm_path = Path(d.artefacts) / d.name / f"spm.{'-'.join(sorted((d.src_lang, d.tgt_lang)))}.{d.spm_model_type}{d.vocab_size}.model"
+    spm_path = (
+        Path(d.artefacts)
+        / d.name
+        / f"spm.{'-'.join(sorted((d.src_lang, d.tgt_lang)))}.{d.spm_model_type}{d.vocab_size}.model"
+    )
     tokenizer = load_or_train(
-        spm_path, corpus.train.src + corpus.train.tgt, vocab_size=d.vocab_size,
-        model_type=d.spm_model_type, byte_fallback=d.byte_fallback,
+        spm_path,
+        corpus.train.src + corpus.train.tgt,
+        vocab_size=d.vocab_size,
+        model_type=d.spm_model_type,
+        byte_fallback=d.byte_fallback,
     )
     train_ex = tokenize_pairs(corpus.train, tokenizer, d.max_len)
     model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
-    log.info("model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
-             cfg.model.decoder, cfg.model.attention, count_parameters(model), tokenizer.vocab_size, device)
+    log.info(
+        "model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
+        cfg.model.decoder,
+        cfg.model.attention,
+        count_parameters(model),
+        tokenizer.vocab_size,
+        device,
+    )
     trainer = Trainer(model, tokenizer, cfg.train, cfg.decode, run_dir=run_dir, device=device, run_config=identity)
     if resume:
         trainer.resume(last)
         if trainer.progress.done:
-            log.info("the run in %s is complete (step %d); pass overwrite=true to train it again",
-                     run_dir, trainer.progress.step)
+            log.info(
+                "the run in %s is complete (step %d); pass overwrite=true to train it again",
+                run_dir,
+                trainer.progress.step,
+            )
     progress = trainer.fit(train_ex, corpus.valid)
     best = next((h for h in progress.history if h["step"] == progress.best_step), {})
     log.info("best validation BLEU %.2f at step %d -> %s", progress.best_bleu, progress.best_step, run_dir / "best.pt")
@@ -119,7 +145,7 @@ def bleu(cfg: Config) -> dict[str, float]:
     ckpt = checkpoint_path(cfg)
     corpus = load_corpus(cfg.data)
     translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
-    hyps = list(translator.translate(corpus.test.src))
+    hyps = list(progress_bar(translator.translate(corpus.test.src), total=len(corpus.test.src)))
     out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}.{cfg.data.tgt_lang}")
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     s = score(hyps, corpus.test.tgt)
@@ -142,12 +168,20 @@ COMMANDS = {"train": train, "bleu": bleu}
 def hydra_main(command: str, argv: list[str]) -> None:
     """Compose the configuration with Hydra (validated against the dataclasses), then run."""
     import hydra
+
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _main(dcfg) -> None:
-        cfg = to_config(dcfg)
-        COMMANDS[command](cfg)
+        from translate.checkpoint import CheckpointError
+        from translate.data import DataError
+        from translate.training import TrainingError
+
+        try:
+            COMMANDS[command](to_config(dcfg))
+        except (ConfigError, DataError, CheckpointError, TrainingError) as err:
+            log.error("%s", err)
+            raise SystemExit(f"error: {err}") from None
 
     sys.argv = [f"translate {command}", *argv, f"hydra.job.name={command}"]
     _main()
@@ -165,6 +199,8 @@ def read_input(stream, name: str, errors: str):
     for number, raw in enumerate(stream, 1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
+            if not raw:  # a file holding only a byte-order mark holds no line
+                return
         raw = raw.rstrip(b"\n").rstrip(b"\r")
         try:
             yield raw.decode("utf-8")
@@ -176,6 +212,13 @@ def read_input(stream, name: str, errors: str):
                     f"{name}: line {number}: invalid UTF-8 at byte {err.start} of the line; "
                     "fix the encoding or pass --errors replace"
                 ) from None
+
+
+def progress_bar(lines, total: int | None = None):
+    """A line counter on stderr, shown only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(lines, total=total, unit=" lines", desc="translate", disable=None, file=sys.stderr, leave=False)
 
 
 def write_lines(f, lines) -> None:
@@ -192,8 +235,12 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=DecodeConfig.beam_size, help="beam size; 1 = greedy")
     parser.add_argument("--batch-size", type=int, default=DecodeConfig.batch_size, help="sentences per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
-                        help="invalid UTF-8 input: stop with an error (strict) or use U+FFFD (replace)")
+    parser.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8 input: stop with an error (strict) or use U+FFFD (replace)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
 
@@ -208,11 +255,11 @@ def translate_main(argv: list[str] | None = None) -> int:
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
         src = open(args.input, "rb") if args.input else sys.stdin.buffer
         with src:
-            lines = read_input(src, args.input or "<stdin>", args.errors)
+            lines = progress_bar(translator.translate(read_input(src, args.input or "<stdin>", args.errors)))
             if args.output:  # streamed into a temporary file, renamed when complete
-                atomic_write(args.output, lambda f: write_lines(f, translator.translate(lines)))
+                atomic_write(args.output, lambda f: write_lines(f, lines))
             else:
-                write_lines(sys.stdout.buffer, translator.translate(lines))
+                write_lines(sys.stdout.buffer, lines)
     except (CheckpointError, InputError, RuntimeError, OSError) as err:
         print(f"translate: error: {err}", file=sys.stderr)
         return 2

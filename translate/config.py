@@ -9,7 +9,6 @@ sees :class:`Config` whole; every other module takes the one part it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -17,8 +16,8 @@ class DataConfig:
     """Where the parallel corpus comes from and how it is cut into subwords."""
 
     name: str = "multi30k"  # names the artefact folder data/<name>/ and the run folder
-    hub_id: Optional[str] = "bentrevett/multi30k"  # datasets.load_dataset id, used when path is unset
-    path: Optional[str] = None  # local folder: hub layout (jsonl/parquet/...) or plain text files
+    hub_id: str | None = "bentrevett/multi30k"  # datasets.load_dataset id, used when path is unset
+    path: str | None = None  # local folder: hub layout (jsonl/parquet/...) or plain text files
     format: str = "auto"  # auto | hub | text
     src_lang: str = "en"
     tgt_lang: str = "de"
@@ -60,8 +59,8 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 1234
     batch_tokens: int = 3000  # target + padding tokens per batch (length-bucketed)
-    max_time: Optional[float] = None  # wall-clock budget in minutes (validation included)
-    max_steps: Optional[int] = None
+    max_time: float | None = None  # wall-clock budget in minutes (validation included)
+    max_steps: int | None = None
     max_epochs: int = 100
     lr: float = 2e-3
     warmup_steps: int = 300
@@ -72,14 +71,15 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     weight_decay: float = 0.0
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # 0 = no clipping
+    max_nonfinite: int = 10  # consecutive NaN/inf losses (updates skipped) before training stops
     label_smoothing: float = 0.1
     valid_every: int = 250  # steps between validations
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy)
     patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
     log_every: int = 100
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
-    threads: Optional[int] = None  # torch intra-op threads; None keeps torch's default
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
     average_last: int = 0  # if > 0, best.pt is compared with the average of the last N saves
 
 

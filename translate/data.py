@@ -137,7 +137,12 @@ def load_corpus(cfg: DataConfig) -> Corpus:
             fmt, corpus = "text", _text_corpus(cfg)
     log.info(
         "corpus: %s (%s layout) %s-%s: train %d, valid %d, test %d pairs",
-        cfg.path or cfg.hub_id, fmt, cfg.src_lang, cfg.tgt_lang,
-        len(corpus.train), len(corpus.valid), len(corpus.test),
+        cfg.path or cfg.hub_id,
+        fmt,
+        cfg.src_lang,
+        cfg.tgt_lang,
+        len(corpus.train),
+        len(corpus.valid),
+        len(corpus.test),
     )
     return corpus

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from translate.attention import Attention, Memory
+from translate.config import ConfigError
 
 VARIANTS = ("fused", "input_feed")
 
@@ -53,7 +54,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"model.decoder must be one of {', '.join(VARIANTS)}, not '{variant}'")
+            raise ConfigError(f"model.decoder must be one of {', '.join(VARIANTS)}, not '{variant}'")
         self.variant = variant
         self.embed = embed
         self.attention = attention
@@ -99,7 +100,9 @@ class Decoder(nn.Module):
             out, state = self._input_feed_step(emb, state, memory)
         return self.output(out).squeeze(1), state
 
-    def _input_feed_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+    def _input_feed_step(
+        self, emb: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState]:
         """emb (B, 1, E) -> attentional output (B, 1, E), next state."""
         context, _ = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
         s, hidden = self.rnn(torch.cat([emb, context], dim=-1), state.hidden)  # (B, 1, H)

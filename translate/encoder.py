@@ -19,8 +19,12 @@ class Encoder(nn.Module):
         self.embed = embed
         self.dropout = nn.Dropout(dropout)
         self.rnn = nn.GRU(
-            embed.embedding_dim, hidden, num_layers=layers, batch_first=True,
-            bidirectional=True, dropout=dropout if layers > 1 else 0.0,
+            embed.embedding_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dim = 2 * hidden
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -31,6 +31,9 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
     b = bleu.corpus_score(list(hypotheses), [list(references)])
     c = chrf.corpus_score(list(hypotheses), [list(references)])
     return Scores(
-        b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()),
+        b.score,
+        c.score,
+        str(bleu.get_signature()),
+        str(chrf.get_signature()),
         b.format(width=2).split(" = ", 1)[1],
     )

@@ -34,12 +34,21 @@ class Seq2Seq(nn.Module):
         src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.encoder = Encoder(src_embed, hidden=cfg.enc_hidden, layers=cfg.enc_layers, dropout=cfg.dropout)
         attention = Attention(
-            cfg.attention, query_dim=cfg.dec_hidden, key_dim=self.encoder.out_dim,
-            attn_dim=cfg.attn_dim, heads=cfg.heads,
+            cfg.attention,
+            query_dim=cfg.dec_hidden,
+            key_dim=self.encoder.out_dim,
+            attn_dim=cfg.attn_dim,
+            heads=cfg.heads,
         )
         self.decoder = Decoder(
-            cfg.decoder, tgt_embed, attention, enc_dim=self.encoder.out_dim, hidden=cfg.dec_hidden,
-            layers=cfg.dec_layers, dropout=cfg.dropout, tie_output=cfg.tie_output,
+            cfg.decoder,
+            tgt_embed,
+            attention,
+            enc_dim=self.encoder.out_dim,
+            hidden=cfg.dec_hidden,
+            layers=cfg.dec_layers,
+            dropout=cfg.dropout,
+            tie_output=cfg.tie_output,
         )
         self._init_weights()
 
@@ -78,7 +87,9 @@ class Seq2Seq(nn.Module):
         return self.decoder(batch.tgt_in, state, memory)
 
 
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def label_smoothed_loss(
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, T, V), target (B, T) -> (smoothed loss, nll), both summed over non-pad tokens.
 
     loss = (1 - eps) * nll + eps * mean_v(-log p_v)   (Szegedy et al. 2016)

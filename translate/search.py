@@ -83,10 +83,7 @@ def greedy_search(
             keep = (~done).nonzero().squeeze(1)
             active, tokens = active[keep], tokens[keep]
             state, memory = model.reorder(state, keep), model.reorder(memory, keep)
-    return [
-        Hypothesis(out[i, : lengths[i] - 1].tolist(), float(total[i]), float(total[i]))
-        for i in range(B)
-    ]
+    return [Hypothesis(out[i, : lengths[i] - 1].tolist(), float(total[i]), float(total[i])) for i in range(B)]
 
 
 @torch.inference_mode()
@@ -133,7 +130,9 @@ def beam_search(
             s = sent[i].item()
             row = i * k + top_beam[i, j].item()
             raw = top_scores[i, j].item()
-            finished[s].append(Hypothesis(history[row, 1:].tolist(), raw / length_penalty(t + 1, length_penalty_alpha), raw))
+            finished[s].append(
+                Hypothesis(history[row, 1:].tolist(), raw / length_penalty(t + 1, length_penalty_alpha), raw)
+            )
 
         # the k best candidates that do not end continue
         scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (nb, k)

@@ -15,6 +15,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from translate.checkpoint import atomic_write_bytes
+from translate.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def train_tokenizer(
         found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(err))
         if not found:
             raise
-        raise ValueError(
+        raise ConfigError(
             f"data.vocab_size={vocab_size} is below the {found.group(2)} pieces this corpus needs for its characters"
             + (" plus 256 byte pieces (data.byte_fallback=true)" if byte_fallback else "")
             + ": raise data.vocab_size"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from translate.batching import make_batch, token_batches
 from translate.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from translate.config import DecodeConfig, TrainConfig
+from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import score
 from translate.model import Seq2Seq, label_smoothed_loss
@@ -30,6 +30,10 @@ from translate.tokenizer import Tokenizer
 from translate.translator import Translator
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message names the step and what to try."""
 
 
 @dataclass
@@ -46,8 +50,14 @@ def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples
     keep = [i for i in range(len(src)) if src[i] and tgt[i] and len(src[i]) <= max_len and len(tgt[i]) <= max_len]
     empty = sum(1 for s, t in zip(src, tgt) if not s or not t)
     if len(keep) < len(src):
-        log.info("dropped %d of %d pairs: %d empty, %d over %d subwords",
-                 len(src) - len(keep), len(src), empty, len(src) - len(keep) - empty, max_len)
+        log.info(
+            "dropped %d of %d pairs: %d empty, %d over %d subwords",
+            len(src) - len(keep),
+            len(src),
+            empty,
+            len(src) - len(keep) - empty,
+            max_len,
+        )
     return Examples([src[i] for i in keep], [tgt[i] for i in keep])
 
 
@@ -70,7 +80,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1
     elif cfg.schedule in ("constant", "plateau"):
         decay = plateau_scale
     else:
-        raise ValueError(f"train.schedule must be cosine, linear, rsqrt, constant or plateau, not '{cfg.schedule}'")
+        raise ConfigError(f"train.schedule must be cosine, linear, rsqrt, constant or plateau, not '{cfg.schedule}'")
     return cfg.lr * warm * decay
 
 
@@ -102,6 +112,8 @@ class Progress:
     bad_validations: int = 0
     plateau_scale: float = 1.0
     tokens: int = 0
+    skipped: int = 0  # updates skipped for a NaN or infinite loss or gradient
+    skipped_in_row: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
 
@@ -163,8 +175,14 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         budget_s = cfg.max_time * 60 if cfg.max_time else None
         lengths = ([len(s) for s in train.src], [len(t) for t in train.tgt])
-        bar = tqdm(total=cfg.max_steps or (int(budget_s) if budget_s else None), initial=0, unit="step" if cfg.max_steps else "s",
-                   desc="train", disable=None, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps or (int(budget_s) if budget_s else None),
+            initial=0,
+            unit="step" if cfg.max_steps else "s",
+            desc="train",
+            disable=None,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter() - p.elapsed
         window_tokens, window_start = 0, time.perf_counter()
         while not p.done and p.epoch < cfg.max_epochs:
@@ -173,16 +191,26 @@ class Trainer:
             for index in batches[p.batch_in_epoch :]:
                 p.elapsed = time.perf_counter() - start
                 progress = (p.step / cfg.max_steps) if cfg.max_steps else (p.elapsed / budget_s if budget_s else 0.0)
-                ntok = self.train_step(make_batch([train.src[i] for i in index], [train.tgt[i] for i in index]), progress)
+                ntok = self.train_step(
+                    make_batch([train.src[i] for i in index], [train.tgt[i] for i in index]), progress
+                )
                 p.batch_in_epoch += 1
+                if not ntok:  # update skipped (non-finite loss)
+                    continue
                 window_tokens += ntok
                 p.tokens += ntok
                 bar.update(1 if cfg.max_steps else int(time.perf_counter() - start) - bar.n)
                 if p.step % cfg.log_every == 0:
                     rate = window_tokens / (time.perf_counter() - window_start)
                     bar.set_postfix(loss=f"{self._last_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self._last_lr:.1e}")
-                    log.info("step %d  epoch %d  loss %.3f  lr %.2e  %.0f tgt tok/s",
-                             p.step, p.epoch + 1, self._last_loss, self._last_lr, rate)
+                    log.info(
+                        "step %d  epoch %d  loss %.3f  lr %.2e  %.0f tgt tok/s",
+                        p.step,
+                        p.epoch + 1,
+                        self._last_loss,
+                        self._last_lr,
+                        rate,
+                    )
                     window_tokens, window_start = 0, time.perf_counter()
                 out_of_time = budget_s is not None and time.perf_counter() - start >= budget_s
                 out_of_steps = cfg.max_steps is not None and p.step >= cfg.max_steps
@@ -216,12 +244,29 @@ class Trainer:
         nll = nll.detach()
         self.optimizer.zero_grad(set_to_none=True)
         (loss / ntok).backward()
-        if self.cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            self._skip(loss.item())
+            return 0
+        p.skipped_in_row = 0
         self.optimizer.step()
         p.step += 1
         self._last_loss, self._last_lr = nll.item() / ntok, lr
         return ntok
+
+    def _skip(self, loss: float) -> None:
+        """Leave the weights alone after a non-finite loss; stop after too many in a row."""
+        p = self.progress
+        p.skipped += 1
+        p.skipped_in_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("step %d: loss or gradient is %s; update skipped (%d so far)", p.step + 1, loss, p.skipped)
+        if p.skipped_in_row >= self.cfg.max_nonfinite:
+            raise TrainingError(
+                f"{p.skipped_in_row} non-finite losses in a row at step {p.step + 1}: training stopped. "
+                f"Try a lower train.lr (now {self.cfg.lr}), train.precision=fp32, or check the data for broken pairs; "
+                f"last.pt holds the last good state."
+            )
 
     @torch.no_grad()
     def validate(self, valid: Split, *, final: bool) -> dict[str, float]:
@@ -241,8 +286,14 @@ class Trainer:
             hyps = list(Translator(self.model, self.tokenizer, decode).translate(valid.src))
         s = score(hyps, valid.tgt)
         loss = nll_sum / max(ntok, 1)
-        metrics = {"step": p.step, "valid_loss": loss, "valid_ppl": math.exp(min(loss, 50)), "valid_bleu": s.bleu,
-                   "valid_chrf": s.chrf, "elapsed_min": p.elapsed / 60}
+        metrics = {
+            "step": p.step,
+            "valid_loss": loss,
+            "valid_ppl": math.exp(min(loss, 50)),
+            "valid_bleu": s.bleu,
+            "valid_chrf": s.chrf,
+            "elapsed_min": p.elapsed / 60,
+        }
         p.history.append(metrics)
         improved = s.bleu > p.best_bleu
         if improved:
@@ -254,8 +305,16 @@ class Trainer:
         if cfg.patience and p.bad_validations >= cfg.patience:
             log.info("early stopping: no BLEU gain in %d validations", p.bad_validations)
             p.done = True
-        log.info("validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f%s  (%s)",
-                 p.step, loss, metrics["valid_ppl"], s.bleu, s.chrf, "  *best*" if improved else "", s.bleu_signature)
+        log.info(
+            "validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f%s  (%s)",
+            p.step,
+            loss,
+            metrics["valid_ppl"],
+            s.bleu,
+            s.chrf,
+            "  *best*" if improved else "",
+            s.bleu_signature,
+        )
         p.done = p.done or final
         if improved:
             self.save("best.pt", with_state=False)

@@ -59,7 +59,10 @@ class Translator:
             if len(seq) > self.max_input_len:
                 log.warning(
                     "line %d: %d subwords, longer than the limit of %d; only the first %d are translated",
-                    first_line + i, len(seq), self.max_input_len, self.max_input_len,
+                    first_line + i,
+                    len(seq),
+                    self.max_input_len,
+                    self.max_input_len,
                 )
         ids = [seq[: self.max_input_len] for seq in ids]
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
@@ -78,8 +81,13 @@ class Translator:
             hyps = greedy_search(self.model, batch.src, batch.src_lengths, max_len_a=c.max_len_a, max_len_b=c.max_len_b)
             return [h.tokens for h in hyps]
         nbest = beam_search(
-            self.model, batch.src, batch.src_lengths, beam_size=c.beam_size,
-            length_penalty_alpha=c.length_penalty, max_len_a=c.max_len_a, max_len_b=c.max_len_b,
+            self.model,
+            batch.src,
+            batch.src_lengths,
+            beam_size=c.beam_size,
+            length_penalty_alpha=c.length_penalty,
+            max_len_a=c.max_len_a,
+            max_len_b=c.max_len_b,
         )
         return [h[0].tokens for h in nbest]
 

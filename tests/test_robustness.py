@@ -1,0 +1,155 @@
+"""Nothing lost: random input keeps its lines, killed training resumes exactly, bad
+runs and bad numbers are caught."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from translate.checkpoint import load_checkpoint
+from translate.cli import read_input
+from translate.config import DecodeConfig, ModelConfig, TrainConfig
+from translate.model import Seq2Seq
+from translate.tokenizer import train_tokenizer
+from translate.training import Trainer, TrainingError
+from translate.translator import Translator
+
+from .conftest import REVERSAL_OVERRIDES, ROOT, reversal_pairs, run_cli, write_text_corpus
+
+
+@pytest.fixture(scope="module")
+def translator() -> Translator:
+    text = [s for pair in reversal_pairs(300, 11) for s in pair]
+    tokenizer = train_tokenizer(text, vocab_size=320, byte_fallback=True)
+    torch.manual_seed(0)
+    cfg = ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, dropout=0.0)
+    return Translator(
+        Seq2Seq(cfg, tokenizer.vocab_size),
+        tokenizer,
+        DecodeConfig(beam_size=1, batch_size=7, max_len_a=1.0, max_len_b=3),
+    )
+
+
+LINE = st.text(st.characters(exclude_characters="\n", exclude_categories=("Cs",)), max_size=25) | st.sampled_from(
+    ["", " ", "\t", "\x00", "\r", "🙂🙂", "\u2028", "\x85", "\ufeff", "a b c", "ÄÖÜ ß"]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=12), crlf=st.booleans(), final_newline=st.booleans(), bom=st.booleans())
+def test_random_input_keeps_its_lines_in_order(translator, lines, crlf, final_newline, bom):
+    while not final_newline and lines and lines[-1] == "":
+        lines = lines[:-1]  # a file without final newline cannot end in an empty line
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = "x" + lines[0]  # at the very start of a file U+FEFF is a byte-order mark, not text
+    data = ("\r\n" if crlf else "\n").join(lines) + (("\r\n" if crlf else "\n") if final_newline and lines else "")
+    raw = (b"\xef\xbb\xbf" if bom else b"") + data.encode("utf-8")
+    out = list(translator.translate(read_input(io.BytesIO(raw), "<test>", "strict")))
+    assert len(out) == len(lines)
+    assert all("\n" not in o and "\r" not in o for o in out)
+    for line, o in zip(lines, out):
+        if not line.strip():
+            assert o == ""
+    alone = [next(iter(translator.translate([line]))) for line in read_input(io.BytesIO(raw), "<t>", "strict")]
+    assert out == alone  # each line's translation stays at its line, whatever its batch-mates
+
+
+def test_translation_streams_instead_of_reading_everything(translator):
+    endless = itertools.cycle(["a b", "", "c d e"])
+    first = list(itertools.islice(translator.translate(endless), 5))
+    assert len(first) == 5 and first[1] == "" and first[4] == ""
+
+
+def test_an_overlong_line_is_cut_with_a_warning_naming_it(translator, caplog):
+    translator.max_input_len = 50
+    with caplog.at_level(logging.WARNING):
+        out = list(translator.translate(["a b", "a " * 10000, "c"]))
+    translator.max_input_len = 250
+    assert len(out) == 3
+    assert any("line 2:" in r.getMessage() and "limit of 50" in r.getMessage() for r in caplog.records)
+
+
+def test_nonfinite_losses_skip_updates_then_stop_training(tmp_path):
+    text = [s for pair in reversal_pairs(50, 12) for s in pair]
+    tokenizer = train_tokenizer(text, vocab_size=60, byte_fallback=False)
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(emb_dim=8, enc_hidden=8, dec_hidden=8, attn_dim=8, dropout=0.0), tokenizer.vocab_size)
+    trainer = Trainer(
+        model,
+        tokenizer,
+        TrainConfig(max_nonfinite=3, precision="fp32"),
+        DecodeConfig(),
+        run_dir=tmp_path,
+        device=torch.device("cpu"),
+        run_config={},
+    )
+    from translate.batching import make_batch
+
+    batch = make_batch(tokenizer.encode(["a b"]), tokenizer.encode(["B A"]))
+    with torch.no_grad():
+        model.decoder.combine.weight.fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert trainer.train_step(batch, 0.0) == 0 and trainer.train_step(batch, 0.0) == 0
+    assert trainer.progress.skipped == 2 and trainer.progress.step == 0
+    for k, v in model.state_dict().items():  # nothing was updated
+        torch.testing.assert_close(v, before[k], equal_nan=True)
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 1"):
+        trainer.train_step(batch, 0.0)
+
+
+RESUME_OVERRIDES = [
+    o for o in REVERSAL_OVERRIDES if not o.startswith(("train.max_steps", "train.valid_every", "model.dropout"))
+]
+RESUME_OVERRIDES += ["train.max_steps=240", "train.valid_every=40", "model.dropout=0.1"]
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
+    write_text_corpus(
+        tmp_path / "corpus",
+        {"train": reversal_pairs(1500, 21), "val": reversal_pairs(30, 22), "test": reversal_pairs(30, 23)},
+    )
+    args = [*RESUME_OVERRIDES, f"data.path={tmp_path / 'corpus'}"]
+    full = run_cli("train", *args, "run_dir=full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr.decode()[-2000:]
+
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "translate", "train", *args, "run_dir=killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["step"]
+    assert 0 < killed_at < 240, "the kill should land mid-run"
+
+    resumed = run_cli("train", *args, "run_dir=killed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert "resumed from" in resumed.stdout.decode() + resumed.stderr.decode()
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
+    assert a["step"] == b["step"] == 240
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
+    assert a["train_state"]["progress"]["best_bleu"] == b["train_state"]["progress"]["best_bleu"]
+
+    # a different configuration into the same folder is refused, unless asked to overwrite
+    other = run_cli("train", *args, "run_dir=killed", "model.emb_dim=32", cwd=tmp_path)
+    assert other.returncode != 0 and "different configuration" in other.stderr.decode()
+    assert "model.emb_dim" in other.stderr.decode()
