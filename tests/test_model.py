@@ -9,7 +9,8 @@ import torch
 from translate.attention import KINDS, Attention
 from translate.batching import make_batch, token_batches
 from translate.config import ModelConfig
-from translate.model import Seq2Seq, label_smoothed_loss
+from translate.loss import label_smoothed_loss, output_layer_loss
+from translate.model import Seq2Seq
 from translate.tokenizer import BOS, EOS, PAD
 
 ATTENTIONS = [k for k in KINDS if k != "additive"]
@@ -119,3 +120,24 @@ def test_tied_output_shares_the_embedding():
     assert model.encoder.embed is model.decoder.embed
     untied = build("fused", "general", tie_output=False, share_embeddings=False)
     assert untied.decoder.output.weight is not untied.decoder.embed.weight
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_fused_output_loss_matches_the_plain_loss_and_its_gradients(epsilon, monkeypatch):
+    import translate.loss
+
+    monkeypatch.setattr(translate.loss, "CHUNK_TOKENS", 4)  # several chunks, one ragged
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 7, 6, requires_grad=True)
+    weight = torch.randn(11, 6, requires_grad=True)
+    target = torch.randint(4, 11, (2, 7))
+    target[1, 4:] = PAD
+    loss, nll = output_layer_loss(hidden, weight, target, epsilon)
+    ref_loss, ref_nll = label_smoothed_loss(hidden @ weight.t(), target, epsilon)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(nll, ref_nll)
+    grads = torch.autograd.grad(loss * 0.5, (hidden, weight))
+    ref_grads = torch.autograd.grad(ref_loss * 0.5, (hidden, weight))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert torch.all(grads[0][1, 4:] == 0)  # padding positions get no gradient

@@ -76,6 +76,10 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher-forced pass: tgt_in (B, T) -> logits (B, T, V)."""
+        return self.output(self.features(tgt_in, state, memory))
+
+    def features(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        """Teacher-forced pass up to the output layer: tgt_in (B, T) -> (B, T, E), after dropout."""
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
         if self.variant == "fused":
             states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
@@ -87,7 +91,7 @@ class Decoder(nn.Module):
                 o, state = self._input_feed_step(emb[:, t : t + 1], state, memory)
                 outs.append(o)
             out = torch.cat(outs, dim=1)
-        return self.output(self.dropout(out))
+        return self.dropout(out)
 
     def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (B,) previous outputs -> logits (B, V), next state."""

@@ -83,23 +83,16 @@ class Seq2Seq(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for batch.tgt_in."""
+        return self.decoder.output(self.features(batch))
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced pre-output states (B, T, E); logits = features @ output_weight.T."""
         memory, state = self.encode(batch.src, batch.src_lengths)
-        return self.decoder(batch.tgt_in, state, memory)
+        return self.decoder.features(batch.tgt_in, state, memory)
 
-
-def label_smoothed_loss(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, T, V), target (B, T) -> (smoothed loss, nll), both summed over non-pad tokens.
-
-    loss = (1 - eps) * nll + eps * mean_v(-log p_v)   (Szegedy et al. 2016)
-    """
-    log_probs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
-    target = target.reshape(-1)
-    keep = target != PAD
-    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)[keep].sum()
-    smooth = -log_probs[keep].mean(dim=-1).sum() if epsilon > 0 else nll.new_zeros(())
-    return (1 - epsilon) * nll + epsilon * smooth, nll
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.decoder.output.weight
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,7 +25,8 @@ from translate.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import score
-from translate.model import Seq2Seq, label_smoothed_loss
+from translate.loss import output_layer_loss
+from translate.model import Seq2Seq
 from translate.tokenizer import Tokenizer
 from translate.translator import Translator
 
@@ -238,10 +239,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast():
-            logits = self.model(batch)
+            features = self.model.features(batch)
         ntok = batch.ntokens
-        loss, nll = label_smoothed_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-        nll = nll.detach()
+        loss, nll = output_layer_loss(features, self.model.output_weight, batch.tgt_out, self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / ntok).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
@@ -278,8 +278,8 @@ class Trainer:
         for index in token_batches([len(s) for s in src], [len(t) for t in tgt], batch_tokens=self.cfg.batch_tokens):
             batch = make_batch([src[i] for i in index], [tgt[i] for i in index]).to(self.device)
             with self.autocast():
-                logits = self.model(batch)
-            nll_sum += float(label_smoothed_loss(logits, batch.tgt_out, 0.0)[1])
+                features = self.model.features(batch)
+            nll_sum += float(output_layer_loss(features, self.model.output_weight, batch.tgt_out, 0.0)[1])
             ntok += batch.ntokens
         decode = DecodeConfig(**{**asdict(self.decode), "beam_size": cfg.valid_beam})
         with self.autocast():
