@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+BENCH_DATA ?= ../shared/data/multi30k
 STAMP := $(VENV)/.installed
 
 .PHONY: help install train bleu translate test lint format clean
@@ -24,6 +25,9 @@ train: $(STAMP) ## download the corpus, train SentencePiece and the model (ARGS=
 
 bleu: $(STAMP) ## decode the test split with the run's best checkpoint; print sacreBLEU BLEU and chrF
 	$(PY) -m translate bleu $(ARGS)
+
+bench: $(STAMP) ## benchmark: throughput, decoding, time-to-BLEU, peer (ARGS="bench.quick=true bench.peer=joeynmt")
+	$(PY) -m translate bench data.path=$(BENCH_DATA) run_dir=runs/bench $(ARGS)
 
 test: $(STAMP) ## run the test suite (no network, no ../shared needed)
 	$(PY) -m pytest -q $(ARGS)

@@ -67,9 +67,8 @@ def setup_torch(cfg: Config) -> torch.device:
 def train(cfg: Config) -> dict[str, Any]:
     """Download -> SentencePiece -> train; returns the best validation metrics."""
     from translate.checkpoint import load_checkpoint
-    from translate.data import load_corpus
+    from translate.data import prepare
     from translate.model import Seq2Seq, count_parameters
-    from translate.tokenizer import load_or_train
     from translate.training import Trainer, tokenize_pairs
 
     device = setup_torch(cfg)
@@ -96,21 +95,8 @@ def train(cfg: Config) -> dict[str, Any]:
     import random
 
     random.seed(cfg.train.seed)
-    corpus = load_corpus(cfg.data)
-    d = cfg.data
-    spm_path = (
-        Path(d.artefacts)
-        / d.name
-        / f"spm.{'-'.join(sorted((d.src_lang, d.tgt_lang)))}.{d.spm_model_type}{d.vocab_size}.model"
-    )
-    tokenizer = load_or_train(
-        spm_path,
-        corpus.train.src + corpus.train.tgt,
-        vocab_size=d.vocab_size,
-        model_type=d.spm_model_type,
-        byte_fallback=d.byte_fallback,
-    )
-    train_ex = tokenize_pairs(corpus.train, tokenizer, d.max_len)
+    corpus, tokenizer = prepare(cfg.data)
+    train_ex = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
     model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
     log.info(
         "model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
@@ -162,7 +148,15 @@ def checkpoint_path(cfg: Config) -> Path:
     return path
 
 
-COMMANDS = {"train": train, "bleu": bleu}
+def bench(cfg: Config) -> dict:
+    """Throughput, decoding speed, time-to-BLEU and the peer side by side (translate/benchmark.py)."""
+    from translate.benchmark import run
+
+    setup_torch(cfg)
+    return run(cfg)
+
+
+COMMANDS = {"train": train, "bleu": bleu, "bench": bench}
 
 
 def hydra_main(command: str, argv: list[str]) -> None:

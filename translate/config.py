@@ -50,7 +50,7 @@ class ModelConfig:
     attention: str = "general"  # bahdanau | dot | general | scaled_dot | multihead
     attn_dim: int = 512  # hidden size of additive / scaled / multi-head scoring
     heads: int = 4  # multihead only
-    dropout: float = 0.3
+    dropout: float = 0.2
     tie_output: bool = True  # target embedding shared with the output layer
     share_embeddings: bool = True  # source and target embeddings shared (joint vocabulary)
 
@@ -58,12 +58,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 1234
-    batch_tokens: int = 3000  # target + padding tokens per batch (length-bucketed)
+    batch_tokens: int = 1500  # padded tokens per batch, the longer side (length-bucketed)
     max_time: float | None = None  # wall-clock budget in minutes (validation included)
     max_steps: int | None = None
     max_epochs: int = 100
     lr: float = 2e-3
-    warmup_steps: int = 300
+    warmup_steps: int = 100
     schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
     min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
     plateau_factor: float = 0.5
@@ -95,11 +95,29 @@ class DecodeConfig:
 
 
 @dataclass
+class BenchConfig:
+    """What `python -m translate bench` measures (see translate/benchmark.py)."""
+
+    quick: bool = False  # throughputs and decoding speeds only, no time-to-BLEU runs
+    peer: str | None = None  # joeynmt: measure the peer the way ../shared/peers/joeynmt does
+    peer_kit: str = "../shared/peers/joeynmt"
+    variants: list[str] = field(default_factory=lambda: ["fused", "input_feed"])
+    throughput_seconds: float = 60.0  # timed training per decoder variant, after warm-up
+    warmup_steps: int = 5
+    budget_minutes: float = 35.0  # time-to-BLEU training budget per direction
+    directions: list[str] = field(default_factory=lambda: ["en-de", "de-en"])
+    checkpoint: str | None = None  # model for the decoding figures; default: en-de time-to-BLEU or run_dir best.pt
+    quick_train_minutes: float = 3.0  # quick mode without a checkpoint trains one this long
+    peer_train_seconds: int = 300  # peer throughput probe (quick); full mode trains it budget_minutes
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     run_dir: str = "runs/${data.name}.${data.src_lang}-${data.tgt_lang}"
     device: str = "auto"  # auto | cpu | cuda
     overwrite: bool = False  # allow a run into a folder that holds another config's run

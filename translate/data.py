@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from translate.config import DataConfig
+from translate.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,21 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
         return Split(list(part[cfg.src_lang]), list(part[cfg.tgt_lang]))
 
     return Corpus(split(cfg.train_split), split(cfg.valid_split), split(cfg.test_split))
+
+
+def prepare(cfg: DataConfig) -> tuple[Corpus, Tokenizer]:
+    """The corpus and its joint SentencePiece model (trained once, kept in data/<name>/)."""
+    corpus = load_corpus(cfg)
+    langs = "-".join(sorted((cfg.src_lang, cfg.tgt_lang)))
+    path = Path(cfg.artefacts) / cfg.name / f"spm.{langs}.{cfg.spm_model_type}{cfg.vocab_size}.model"
+    tokenizer = load_or_train(
+        path,
+        corpus.train.src + corpus.train.tgt,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.spm_model_type,
+        byte_fallback=cfg.byte_fallback,
+    )
+    return corpus, tokenizer
 
 
 def _has_hub_layout(folder: Path) -> bool:

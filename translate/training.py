@@ -85,19 +85,22 @@ def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1
     return cfg.lr * warm * decay
 
 
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast where the hardware does bf16 fast, else fp32 (a null context)."""
-    if precision == "fp32":
-        return nullcontext()
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 where the hardware does bf16 fast (checked at run time), else fp32."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, not '{precision}'")
     if device.type == "cuda":
         fast = torch.cuda.is_bf16_supported()
     else:
         fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if precision == "bf16" and not fast:
-        log.warning("train.precision=bf16 but this %s has no fast bf16; it will be slow", device.type)
-    if precision == "bf16" or (precision == "auto" and fast):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+        log.warning("train.precision=bf16 but this %s has no fast bf16 arithmetic; expect it to be slow", device.type)
+    return "bf16" if precision == "bf16" or (precision == "auto" and fast) else "fp32"
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A bf16 autocast context for precision bf16, a null context for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 @dataclass
@@ -137,7 +140,8 @@ class Trainer:
             model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
         self.progress = Progress()
-        self.autocast = lambda: autocast_for(cfg.precision, device)
+        self.precision = resolve_precision(cfg.precision, device)
+        self.autocast = lambda: autocast_for(self.precision, device)
 
     # ---- checkpoints -------------------------------------------------------------
     def _payload(self, with_state: bool) -> dict[str, Any]:

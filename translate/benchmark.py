@@ -1,0 +1,298 @@
+"""The benchmark behind `make bench`: every figure is measured by running code.
+
+1. Training throughput per decoder variant: real target tokens per second in steady
+   state (warm-up steps excluded), the padding fraction of the batches, peak memory.
+   Each variant runs in its own process, so peak memory is its own.
+2. Decoding test2016: sentences per second, greedy and beam 5, measured steady-state
+   (model loaded and warmed up, decoding only) and as a whole `translate` process, with
+   the sacreBLEU score of each.
+3. Time-to-BLEU (skipped with bench.quick=true): test2016 BLEU after a wall-clock
+   training budget, for each direction in bench.directions.
+4. The peer (bench.peer=joeynmt): JoeyNMT's throughput and decoding speed at the same
+   model size, set up and measured by the scripts in bench.peer_kit, and our/their ratios.
+
+Figures go to stdout as a table and to <run_dir>/bench.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from translate.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _throughput_worker(cfg: Config, variant: str, queue) -> None:
+    from translate.batching import make_batch, token_batches
+    from translate.data import prepare
+    from translate.model import Seq2Seq
+    from translate.training import Trainer, tokenize_pairs
+
+    torch.manual_seed(cfg.train.seed)
+    corpus, tokenizer = prepare(cfg.data)
+    examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
+    model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
+    trainer = Trainer(
+        model, tokenizer, cfg.train, cfg.decode, run_dir=Path(cfg.run_dir), device=torch.device("cpu"), run_config={}
+    )
+    batches = token_batches(
+        [len(s) for s in examples.src],
+        [len(t) for t in examples.tgt],
+        batch_tokens=cfg.train.batch_tokens,
+        generator=torch.Generator().manual_seed(0),
+    )
+    real = slots = steps = 0
+    start = None
+    for n, index in enumerate(batches):
+        batch = make_batch([examples.src[i] for i in index], [examples.tgt[i] for i in index])
+        if n == cfg.bench.warmup_steps:
+            start = time.perf_counter()
+        trainer.train_step(batch, progress=0.1)
+        if start is not None:
+            real += batch.ntokens
+            slots += batch.tgt_out.numel()
+            steps += 1
+            if time.perf_counter() - start >= cfg.bench.throughput_seconds:
+                break
+    seconds = time.perf_counter() - start
+    queue.put(
+        {
+            "train_tgt_tokens_per_s": real / seconds,
+            "train_steps_per_s": steps / seconds,
+            "train_padding_fraction": 1 - real / slots,
+            "train_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "train_measured_steps": steps,
+            "train_precision": trainer.precision,
+        }
+    )
+
+
+def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_throughput_worker, args=(cfg, variant, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def decoding(cfg: Config, checkpoint: Path, beam: int) -> dict[str, float]:
+    """Steady-state and whole-process decoding speed of test2016, and its BLEU."""
+    from translate.data import load_corpus
+    from translate.evaluation import score
+    from translate.translator import Translator
+
+    test = load_corpus(cfg.data).test
+    decode = replace(cfg.decode, beam_size=beam)
+    translator = Translator.from_checkpoint(str(checkpoint), decode)
+    list(translator.translate(test.src[:64]))  # warm-up
+    start = time.perf_counter()
+    hyps = list(translator.translate(test.src))
+    steady = time.perf_counter() - start
+    bleu = score(hyps, test.tgt)
+
+    work = Path(cfg.run_dir)
+    src_file = work / f"bench.{cfg.data.test_name}.{cfg.data.src_lang}"
+    src_file.write_text("".join(s + "\n" for s in test.src), encoding="utf-8")
+    out_file = work / f"bench.{cfg.data.test_name}.beam{beam}.{cfg.data.tgt_lang}"
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "translate",
+            "translate",
+            "--model",
+            str(checkpoint),
+            "--beam",
+            str(beam),
+            "--batch-size",
+            str(decode.batch_size),
+            str(src_file),
+            "-o",
+            str(out_file),
+        ],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
+    whole = time.perf_counter() - start
+    same = out_file.read_text(encoding="utf-8").splitlines() == hyps
+    return {
+        "sents_per_s": len(hyps) / steady,
+        "process_sents_per_s": len(hyps) / whole,
+        "bleu": bleu.bleu,
+        "chrf": bleu.chrf,
+        "process_output_identical": same,
+    }
+
+
+def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
+    """Train for bench.budget_minutes (a fresh run), then beam-5 BLEU on the test split."""
+    run_dir = Path(cfg.run_dir) / f"ttb.{src}-{tgt}"
+    args = [
+        f"data.src_lang={src}",
+        f"data.tgt_lang={tgt}",
+        f"train.max_time={cfg.bench.budget_minutes}",
+        f"run_dir={run_dir}",
+        "overwrite=true",
+        "train.max_steps=null",
+    ]
+    if cfg.data.path:
+        args.append(f"data.path={cfg.data.path}")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "translate", "train", *args], check=True)
+    minutes = (time.perf_counter() - start) / 60
+    result = decoding(
+        replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir)),
+        run_dir / "best.pt",
+        beam=5,
+    )
+    return {
+        "bleu": result["bleu"],
+        "chrf": result["chrf"],
+        "wall_minutes": minutes,
+        "checkpoint": str(run_dir / "best.pt"),
+    }
+
+
+def peer_joeynmt(cfg: Config) -> dict[str, float]:
+    """JoeyNMT measured by the peer kit's own scripts (their setup, their config)."""
+    kit = Path(cfg.bench.peer_kit)
+    if not (kit / "setup.sh").is_file():
+        raise FileNotFoundError(f"no peer kit at {kit} (bench.peer_kit)")
+    env = {**os.environ, "DATA": str(Path(cfg.data.path or "../shared/data/multi30k").resolve())}
+    subprocess.run(["bash", str(kit / "setup.sh")], check=True, env=env, stdout=subprocess.DEVNULL)
+    out: dict[str, float] = {}
+    if cfg.bench.quick:
+        env["BUDGET_S"] = str(cfg.bench.peer_train_seconds)
+        probe = subprocess.run(
+            ["bash", str(kit / "run_throughput.sh")], check=True, env=env, capture_output=True, text=True
+        ).stdout
+        out["peer_train_tgt_tokens_per_s"] = float(re.findall(r"joeynmt_train_tgt_tok_per_s ([\d.]+)", probe)[-1])
+        work = Path(
+            re.findall(
+                r"work: (\S+)",
+                subprocess.run(["bash", str(kit / "setup.sh")], env=env, capture_output=True, text=True).stdout,
+            )[0]
+        )
+        ckpts = sorted((work / "throughput" / "model").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        env["CKPT"] = str(ckpts[-1])
+    else:
+        env["BUDGET_S"] = str(int(cfg.bench.budget_minutes * 60))
+        train = subprocess.run(["bash", str(kit / "run_train.sh")], check=True, env=env, capture_output=True, text=True)
+        rates = re.findall(r"(\d+(?:\.\d+)?) target tokens/s|Tokens per Sec[^\d]*([\d.]+)", train.stdout)
+        if rates:
+            out["peer_train_tgt_tokens_per_s"] = float(next(x for x in rates[-1] if x))
+    decode = subprocess.run(
+        ["bash", str(kit / "run_decode.sh")], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    for beam, rate in re.findall(r"== beam (\d+): .*? = ([\d.]+) sents/s", decode):
+        out[f"peer_decode_{'greedy' if beam == '1' else 'beam' + beam}_sents_per_s"] = float(rate)
+    bleus = re.findall(r"BLEU: ([\d.]+)", decode)
+    if len(bleus) >= 2:
+        out["peer_bleu_test2016_greedy"], out["peer_bleu_test2016_beam5"] = float(bleus[0]), float(bleus[1])
+    return out
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    from translate.cli import train
+
+    b = cfg.bench
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fig: dict[str, Any] = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_fast": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        },
+        "config": {
+            "model": asdict(cfg.model),
+            "batch_tokens": cfg.train.batch_tokens,
+            "precision": cfg.train.precision,
+            "quick": b.quick,
+        },
+    }
+    for variant in b.variants:
+        log.info("training throughput: %s decoder, %.0f s", variant, b.throughput_seconds)
+        for key, value in training_throughput(cfg, variant).items():
+            fig[f"{key}_{variant}"] = value
+    if f"train_tgt_tokens_per_s_{cfg.model.decoder}" in fig:  # the headline: the configured decoder
+        fig["train_tgt_tokens_per_s"] = fig[f"train_tgt_tokens_per_s_{cfg.model.decoder}"]
+
+    if not b.quick:
+        for direction in b.directions:
+            src, tgt = direction.split("-")
+            log.info("time-to-BLEU %s: %.0f minutes of training", direction, b.budget_minutes)
+            r = time_to_bleu(cfg, src, tgt)
+            suffix = "" if direction == "en-de" else f"_{src}_{tgt}"
+            fig[f"bleu_{cfg.data.test_name}{suffix}"] = r["bleu"]
+            fig[f"chrf_{cfg.data.test_name}{suffix}"] = r["chrf"]
+            fig[f"time_to_bleu{suffix}_detail"] = r
+
+    checkpoint = Path(b.checkpoint) if b.checkpoint else None
+    if checkpoint is None:
+        ttb = fig.get("time_to_bleu_detail", {}).get("checkpoint")
+        checkpoint = Path(ttb) if ttb else Path(cfg.run_dir) / "best.pt"
+    if not checkpoint.is_file():
+        log.info("no checkpoint for the decoding figures: training one for %.0f minutes", b.quick_train_minutes)
+        quick_dir = Path(cfg.run_dir) / "quick"
+        train(
+            replace(
+                cfg,
+                run_dir=str(quick_dir),
+                overwrite=True,
+                train=replace(cfg.train, max_time=b.quick_train_minutes, max_steps=None),
+            )
+        )
+        checkpoint = quick_dir / "best.pt"
+    fig["decode_checkpoint"] = str(checkpoint)
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        log.info("decoding %s with %s", cfg.data.test_name, name)
+        r = decoding(cfg, checkpoint, beam)
+        fig[f"decode_{name}_sents_per_s"] = r["sents_per_s"]
+        fig[f"decode_{name}_process_sents_per_s"] = r["process_sents_per_s"]
+        fig[f"decode_{name}_bleu"] = r["bleu"]
+        fig[f"decode_{name}_process_output_identical"] = r["process_output_identical"]
+
+    if b.peer:
+        if b.peer != "joeynmt":
+            raise ValueError(f"bench.peer must be joeynmt, not '{b.peer}'")
+        log.info("peer: JoeyNMT via %s", b.peer_kit)
+        fig.update(peer_joeynmt(cfg))
+        for key in ("train_tgt_tokens_per_s", "decode_greedy_sents_per_s", "decode_beam5_sents_per_s"):
+            if f"peer_{key}" in fig and key in fig:
+                fig[f"ratio_{key}"] = fig[key] / fig[f"peer_{key}"]
+
+    (run_dir / "bench.json").write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(table(fig))
+    print(f"figures: {run_dir / 'bench.json'}")
+    return fig
+
+
+def table(fig: dict[str, Any]) -> str:
+    rows = ["| figure | value |", "|---|---|"]
+    for key, value in sorted(fig.items()):
+        if isinstance(value, float):
+            rows.append(f"| {key} | {value:.3f} |" if abs(value) < 10 else f"| {key} | {value:.1f} |")
+        elif isinstance(value, (int, bool, str)):
+            rows.append(f"| {key} | {value} |")
+    return "\n".join(rows)
