@@ -84,3 +84,16 @@ def test_sentencepiece_round_trips_text_with_fixed_special_ids():
 def test_a_vocabulary_too_small_for_the_characters_says_what_to_raise():
     with pytest.raises(ValueError, match="raise data.vocab_size"):
         train_tokenizer(["abcdefghij klmnop"] * 10, vocab_size=8, byte_fallback=False)
+
+
+def test_empty_and_overlong_pairs_are_dropped_with_a_count(caplog):
+    from translate.data import Split
+    from translate.training import tokenize_pairs
+
+    text = [s for pair in reversal_pairs(200, 5) for s in pair]
+    tok = train_tokenizer(text, vocab_size=60, byte_fallback=False)
+    split = Split(["a b", "", "c d", "a " * 50, "e"], ["B A", "X", "", "A", "E"])
+    with caplog.at_level("INFO"):
+        ex = tokenize_pairs(split, tok, max_len=20)
+    assert tok.decode(ex.src) == ["a b", "e"] and tok.decode(ex.tgt) == ["B A", "E"]
+    assert "dropped 3 of 5 pairs: 2 empty, 1 over 20 subwords" in caplog.text

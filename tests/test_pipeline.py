@@ -88,3 +88,31 @@ def test_a_checkpoint_round_trip_translates_identically(tmp_path):
     after = list(Translator.from_checkpoint(str(tmp_path / "m.pt"), decode).translate(text[:40]))
     assert after == before
     assert any(before)  # the random model says something, so equality means something
+
+
+def test_bench_quick_writes_measured_figures(reversal_run):
+    import json
+
+    result = run_cli(
+        "bench",
+        *REVERSAL_OVERRIDES,
+        f"data.path={reversal_run / 'corpus'}",
+        "run_dir=bench",
+        "bench.quick=true",
+        "bench.throughput_seconds=1",
+        "bench.warmup_steps=2",
+        "bench.variants=[fused,input_feed]",
+        f"bench.checkpoint={reversal_run / 'run' / 'best.pt'}",
+        cwd=reversal_run,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    fig = json.loads((reversal_run / "bench" / "bench.json").read_text())
+    for variant in ("fused", "input_feed"):
+        assert fig[f"train_tgt_tokens_per_s_{variant}"] > 0
+        assert 0 <= fig[f"train_padding_fraction_{variant}"] < 1
+        assert fig[f"train_peak_rss_mb_{variant}"] > 10
+    assert fig["train_tgt_tokens_per_s"] == fig["train_tgt_tokens_per_s_fused"]
+    assert fig["decode_greedy_sents_per_s"] > 0 and fig["decode_beam5_sents_per_s"] > 0
+    assert fig["decode_beam5_bleu"] > 80  # the reversal model is good, so the scores are real
+    assert fig["decode_beam5_process_output_identical"] is True
+    assert "| train_tgt_tokens_per_s |" in result.stdout.decode()

@@ -45,7 +45,7 @@ LINE = st.text(st.characters(exclude_characters="\n", exclude_categories=("Cs",)
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(LINE, max_size=12), crlf=st.booleans(), final_newline=st.booleans(), bom=st.booleans())
 def test_random_input_keeps_its_lines_in_order(translator, lines, crlf, final_newline, bom):
     while not final_newline and lines and lines[-1] == "":

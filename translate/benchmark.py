@@ -193,6 +193,10 @@ def peer_joeynmt(cfg: Config) -> dict[str, float]:
         )
         ckpts = sorted((work / "throughput" / "model").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         env["CKPT"] = str(ckpts[-1])
+        out["peer_decode_note"] = (
+            f"quick mode: the peer decodes the checkpoint of its {cfg.bench.peer_train_seconds}-second throughput "
+            "probe, an undertrained model whose short outputs make decoding faster than a trained model's"
+        )
     else:
         env["BUDGET_S"] = str(int(cfg.bench.budget_minutes * 60))
         train = subprocess.run(["bash", str(kit / "run_train.sh")], check=True, env=env, capture_output=True, text=True)

@@ -35,5 +35,5 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
         c.score,
         str(bleu.get_signature()),
         str(chrf.get_signature()),
-        b.format(width=2).split(" = ", 1)[1],
+        b.format(width=2).split(" = ", 1)[1].split(" ", 1)[1],  # precisions, BP, lengths
     )
