@@ -2,6 +2,7 @@
 
 python -m translate train key=value ...     (make train ARGS="key=value ...")
 python -m translate bleu  key=value ...     (make bleu ARGS="...")
+python -m translate bench key=value ...     (make bench ARGS="...")
 translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--device cpu|cuda]
 """
 
@@ -51,9 +52,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:
-    """The configuration that defines a run, as plain data (decode settings excluded)."""
+    """The configuration that defines a run, as plain data (decode and bench settings excluded)."""
     flat = _flatten(asdict(cfg))
-    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS and not k.startswith("decode.")}
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS and not k.startswith(("decode.", "bench."))}
 
 
 def setup_torch(cfg: Config) -> torch.device:
@@ -262,7 +263,10 @@ def translate_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m translate {train,bleu} [key=value ...] | python -m translate translate --model PATH ..."
+    usage = (
+        "usage: python -m translate {train,bleu,bench} [key=value ...]\n"
+        "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N]"
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
