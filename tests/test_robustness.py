@@ -149,6 +149,30 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
     assert a["train_state"]["progress"]["best_bleu"] == b["train_state"]["progress"]["best_bleu"]
 
+    # Ctrl-C (SIGINT) stops after the current step, saves last.pt there, and exits 130
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "translate", "train", *args, "run_dir=stopped"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    stopped = tmp_path / "stopped" / "last.pt"
+    deadline = time.time() + 120
+    while not stopped.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few steps past the first save
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out.decode()[-2000:]
+    assert "run the same command again to resume" in out.decode()
+    assert load_checkpoint(stopped)["step"] < 240
+    again = run_cli("train", *args, "run_dir=stopped", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    c = load_checkpoint(stopped)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, c["model"][name]), f"{name} differs after a Ctrl-C and resume"
+
     # a different configuration into the same folder is refused, unless asked to overwrite
     other = run_cli("train", *args, "run_dir=killed", "model.emb_dim=32", cwd=tmp_path)
     assert other.returncode != 0 and "different configuration" in other.stderr.decode()

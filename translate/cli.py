@@ -117,6 +117,9 @@ def train(cfg: Config) -> dict[str, Any]:
                 trainer.progress.step,
             )
     progress = trainer.fit(train_ex, corpus.valid)
+    if trainer.interrupted:
+        log.warning("stopped at step %d; %s holds the state: run the same command again to resume", progress.step, last)
+        raise SystemExit(130)
     best = next((h for h in progress.history if h["step"] == progress.best_step), {})
     log.info("best validation BLEU %.2f at step %d -> %s", progress.best_bleu, progress.best_step, run_dir / "best.pt")
     return best

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -103,6 +105,36 @@ def autocast_for(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
+class StopRequest:
+    """SIGINT / SIGTERM ask training to stop after the current step and save last.pt.
+
+    Stopping between steps keeps the saved state consistent, so the run resumes exactly;
+    a second Ctrl-C aborts at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s: stopping after this step; last.pt will hold the state to resume from", signal.Signals(signum).name
+        )
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @dataclass
 class Progress:
     """Everything, besides model and optimizer, that a resumed run must restore."""
@@ -140,6 +172,7 @@ class Trainer:
             model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
         self.progress = Progress()
+        self.interrupted = False
         self.precision = resolve_precision(cfg.precision, device)
         self.autocast = lambda: autocast_for(self.precision, device)
 
@@ -177,9 +210,9 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------
     def fit(self, train: Examples, valid: Split) -> Progress:
+        """Train until the budget, early stopping or a stop signal; returns the progress."""
         cfg, p = self.cfg, self.progress
         budget_s = cfg.max_time * 60 if cfg.max_time else None
-        lengths = ([len(s) for s in train.src], [len(t) for t in train.tgt])
         bar = tqdm(
             total=cfg.max_steps or (int(budget_s) if budget_s else None),
             initial=0,
@@ -189,6 +222,19 @@ class Trainer:
             dynamic_ncols=True,
         )
         start = time.perf_counter() - p.elapsed
+        with StopRequest() as stop:
+            self._loop(train, valid, stop, start, bar)
+        bar.close()
+        self.interrupted = stop.signal is not None and not p.done
+        if self.interrupted:
+            p.elapsed = time.perf_counter() - start
+            self.save("last.pt", with_state=True)
+        return p
+
+    def _loop(self, train: Examples, valid: Split, stop: StopRequest, start: float, bar: tqdm) -> None:
+        cfg, p = self.cfg, self.progress
+        budget_s = cfg.max_time * 60 if cfg.max_time else None
+        lengths = ([len(s) for s in train.src], [len(t) for t in train.tgt])
         window_tokens, window_start = 0, time.perf_counter()
         while not p.done and p.epoch < cfg.max_epochs:
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + p.epoch)
@@ -226,14 +272,14 @@ class Trainer:
                 if p.done or out_of_time or out_of_steps:
                     p.done = True
                     break
+                if stop.signal is not None:
+                    return
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         if not p.done:  # epochs exhausted
             p.done = True
             self.validate(valid, final=True)
-        bar.close()
-        return p
 
     def train_step(self, batch, progress: float) -> int:
         self.model.train()
