@@ -113,6 +113,29 @@ RESUME_OVERRIDES = [
 RESUME_OVERRIDES += ["train.max_steps=240", "train.valid_every=40", "model.dropout=0.1"]
 
 
+def start_training(args: list[str], run_dir: str, cwd) -> tuple[subprocess.Popen, object]:
+    """Start `translate train` in a subprocess; return once it has saved its first last.pt."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "translate", "train", *args, f"run_dir={run_dir}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    last = cwd / run_dir / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return proc, last
+
+
+def assert_same_weights(a: dict, b: dict, what: str) -> None:
+    assert a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs {what}"
+
+
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     write_text_corpus(
@@ -122,45 +145,23 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     args = [*RESUME_OVERRIDES, f"data.path={tmp_path / 'corpus'}"]
     full = run_cli("train", *args, "run_dir=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr.decode()[-2000:]
+    reference = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert reference["step"] == 240
 
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "translate", "train", *args, "run_dir=killed"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    last = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    # SIGKILL right after the first save: the rerun resumes from that last.pt
+    proc, last = start_training(args, "killed", tmp_path)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < 240, "the kill should land mid-run"
-
+    proc.communicate()
+    assert 0 < load_checkpoint(last)["step"] < 240, "the kill should land mid-run"
     resumed = run_cli("train", *args, "run_dir=killed", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert "resumed from" in resumed.stdout.decode() + resumed.stderr.decode()
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
-    assert a["step"] == b["step"] == 240
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
-    assert a["train_state"]["progress"]["best_bleu"] == b["train_state"]["progress"]["best_bleu"]
+    killed = load_checkpoint(last)
+    assert_same_weights(reference, killed, "after a SIGKILL and resume")
+    assert reference["train_state"]["progress"]["best_bleu"] == killed["train_state"]["progress"]["best_bleu"]
 
     # Ctrl-C (SIGINT) stops after the current step, saves last.pt there, and exits 130
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "translate", "train", *args, "run_dir=stopped"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    stopped = tmp_path / "stopped" / "last.pt"
-    deadline = time.time() + 120
-    while not stopped.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc, stopped = start_training(args, "stopped", tmp_path)
     time.sleep(0.3)  # a few steps past the first save
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -169,9 +170,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert load_checkpoint(stopped)["step"] < 240
     again = run_cli("train", *args, "run_dir=stopped", cwd=tmp_path)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
-    c = load_checkpoint(stopped)
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, c["model"][name]), f"{name} differs after a Ctrl-C and resume"
+    assert_same_weights(reference, load_checkpoint(stopped), "after a Ctrl-C and resume")
 
     # a different configuration into the same folder is refused, unless asked to overwrite
     other = run_cli("train", *args, "run_dir=killed", "model.emb_dim=32", cwd=tmp_path)
