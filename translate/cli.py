@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -93,8 +94,6 @@ def train(cfg: Config) -> dict[str, Any]:
             resume = True
 
     torch.manual_seed(cfg.train.seed)
-    import random
-
     random.seed(cfg.train.seed)
     corpus, tokenizer = prepare(cfg.data)
     train_ex = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)

@@ -80,7 +80,6 @@ class TrainConfig:
     log_every: int = 100
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    average_last: int = 0  # if > 0, best.pt is compared with the average of the last N saves
 
 
 @dataclass
