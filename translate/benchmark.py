@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from translate.config import Config
+from translate.data import Split, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,11 @@ def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
     return result
 
 
-def decoding(cfg: Config, checkpoint: Path, beam: int) -> dict[str, float]:
-    """Steady-state and whole-process decoding speed of test2016, and its BLEU."""
-    from translate.data import load_corpus
+def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int) -> dict[str, float]:
+    """Steady-state and whole-process decoding speed of the test split, and its BLEU."""
     from translate.evaluation import score
     from translate.translator import Translator
 
-    test = load_corpus(cfg.data).test
     decode = replace(cfg.decode, beam_size=beam)
     translator = Translator.from_checkpoint(str(checkpoint), decode)
     list(translator.translate(test.src[:64]))  # warm-up
@@ -158,11 +157,8 @@ def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "translate", "train", *args], check=True)
     minutes = (time.perf_counter() - start) / 60
-    result = decoding(
-        replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir)),
-        run_dir / "best.pt",
-        beam=5,
-    )
+    direction = replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir))
+    result = decoding(direction, load_corpus(direction.data).test, run_dir / "best.pt", beam=5)
     return {
         "bleu": result["bleu"],
         "chrf": result["chrf"],
@@ -269,9 +265,10 @@ def run(cfg: Config) -> dict[str, Any]:
         )
         checkpoint = quick_dir / "best.pt"
     fig["decode_checkpoint"] = str(checkpoint)
+    test = load_corpus(cfg.data).test
     for name, beam in (("greedy", 1), ("beam5", 5)):
         log.info("decoding %s with %s", cfg.data.test_name, name)
-        r = decoding(cfg, checkpoint, beam)
+        r = decoding(cfg, test, checkpoint, beam)
         fig[f"decode_{name}_sents_per_s"] = r["sents_per_s"]
         fig[f"decode_{name}_process_sents_per_s"] = r["process_sents_per_s"]
         fig[f"decode_{name}_bleu"] = r["bleu"]

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,8 @@ class Trainer:
         )
         self.progress = Progress()
         self.interrupted = False
+        self.budget_s = cfg.max_time * 60 if cfg.max_time else None
+        self._valid_batches: list | None = None  # tokenized and batched once, reused by every validation
         self.precision = resolve_precision(cfg.precision, device)
         self.autocast = lambda: autocast_for(self.precision, device)
 
@@ -211,8 +213,7 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------
     def fit(self, train: Examples, valid: Split) -> Progress:
         """Train until the budget, early stopping or a stop signal; returns the progress."""
-        cfg, p = self.cfg, self.progress
-        budget_s = cfg.max_time * 60 if cfg.max_time else None
+        cfg, p, budget_s = self.cfg, self.progress, self.budget_s
         bar = tqdm(
             total=cfg.max_steps or (int(budget_s) if budget_s else None),
             initial=0,
@@ -232,8 +233,7 @@ class Trainer:
         return p
 
     def _loop(self, train: Examples, valid: Split, stop: StopRequest, start: float, bar: tqdm) -> None:
-        cfg, p = self.cfg, self.progress
-        budget_s = cfg.max_time * 60 if cfg.max_time else None
+        cfg, p, budget_s = self.cfg, self.progress, self.budget_s
         lengths = ([len(s) for s in train.src], [len(t) for t in train.tgt])
         window_tokens, window_start = 0, time.perf_counter()
         while not p.done and p.epoch < cfg.max_epochs:
@@ -323,15 +323,19 @@ class Trainer:
         """Loss, perplexity and BLEU on the validation split; saves last (and best) checkpoints."""
         p, cfg = self.progress, self.cfg
         self.model.eval()
-        src, tgt = self.tokenizer.encode(valid.src), self.tokenizer.encode(valid.tgt)
+        if self._valid_batches is None:
+            src, tgt = self.tokenizer.encode(valid.src), self.tokenizer.encode(valid.tgt)
+            self._valid_batches = [
+                make_batch([src[i] for i in index], [tgt[i] for i in index]).to(self.device)
+                for index in token_batches([len(s) for s in src], [len(t) for t in tgt], batch_tokens=cfg.batch_tokens)
+            ]
         nll_sum, ntok = 0.0, 0
-        for index in token_batches([len(s) for s in src], [len(t) for t in tgt], batch_tokens=self.cfg.batch_tokens):
-            batch = make_batch([src[i] for i in index], [tgt[i] for i in index]).to(self.device)
+        for batch in self._valid_batches:
             with self.autocast():
                 features = self.model.features(batch)
             nll_sum += float(output_layer_loss(features, self.model.output_weight, batch.tgt_out, 0.0)[1])
             ntok += batch.ntokens
-        decode = DecodeConfig(**{**asdict(self.decode), "beam_size": cfg.valid_beam})
+        decode = replace(self.decode, beam_size=cfg.valid_beam)
         with self.autocast():
             hyps = list(Translator(self.model, self.tokenizer, decode).translate(valid.src))
         s = score(hyps, valid.tgt)
