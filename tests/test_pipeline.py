@@ -115,4 +115,7 @@ def test_bench_quick_writes_measured_figures(reversal_run):
     assert fig["decode_greedy_sents_per_s"] > 0 and fig["decode_beam5_sents_per_s"] > 0
     assert fig["decode_beam5_bleu"] > 80  # the reversal model is good, so the scores are real
     assert fig["decode_beam5_process_output_identical"] is True
+    for name in ("greedy_int8", "beam5_int8"):
+        assert fig[f"decode_{name}_sents_per_s"] > 0 and fig[f"decode_{name}_process_output_identical"] is True
+    assert abs(fig["decode_beam5_int8_bleu_delta"]) < 5  # int8 keeps the model's quality
     assert "| train_tgt_tokens_per_s |" in result.stdout.decode()

@@ -3,9 +3,10 @@
 1. Training throughput per decoder variant: real target tokens per second in steady
    state (warm-up steps excluded), the padding fraction of the batches, peak memory.
    Each variant runs in its own process, so peak memory is its own.
-2. Decoding test2016: sentences per second, greedy and beam 5, measured steady-state
-   (model loaded and warmed up, decoding only) and as a whole `translate` process, with
-   the sacreBLEU score of each.
+2. Decoding test2016: sentences per second, greedy and beam 5, for the fp32 model and
+   (bench.int8, the default) the int8 CPU model of translate/quantize.py, measured
+   steady-state (model loaded and warmed up, decoding only) and as a whole `translate`
+   process, with the sacreBLEU score of each.
 3. Time-to-BLEU (skipped with bench.quick=true): test2016 BLEU after a wall-clock
    training budget, for each direction in bench.directions.
 4. The peer (bench.peer=joeynmt): JoeyNMT's throughput and decoding speed at the same
@@ -93,12 +94,12 @@ def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
     return result
 
 
-def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int) -> dict[str, float]:
+def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int, int8: bool = False) -> dict[str, float]:
     """Steady-state and whole-process decoding speed of the test split, and its BLEU."""
     from translate.evaluation import score
     from translate.translator import Translator
 
-    decode = replace(cfg.decode, beam_size=beam)
+    decode = replace(cfg.decode, beam_size=beam, int8=int8)
     translator = Translator.from_checkpoint(str(checkpoint), decode)
     list(translator.translate(test.src[:64]))  # warm-up
     start = time.perf_counter()
@@ -109,7 +110,7 @@ def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int) -> dict[str,
     work = Path(cfg.run_dir)
     src_file = work / f"bench.{cfg.data.test_name}.{cfg.data.src_lang}"
     src_file.write_text("".join(s + "\n" for s in test.src), encoding="utf-8")
-    out_file = work / f"bench.{cfg.data.test_name}.beam{beam}.{cfg.data.tgt_lang}"
+    out_file = work / f"bench.{cfg.data.test_name}.beam{beam}{'.int8' if int8 else ''}.{cfg.data.tgt_lang}"
     start = time.perf_counter()
     subprocess.run(
         [
@@ -126,6 +127,7 @@ def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int) -> dict[str,
             str(src_file),
             "-o",
             str(out_file),
+            *(["--int8"] if int8 else []),
         ],
         check=True,
         stderr=subprocess.DEVNULL,
@@ -196,9 +198,9 @@ def peer_joeynmt(cfg: Config) -> dict[str, float]:
     else:
         env["BUDGET_S"] = str(int(cfg.bench.budget_minutes * 60))
         train = subprocess.run(["bash", str(kit / "run_train.sh")], check=True, env=env, capture_output=True, text=True)
-        rates = re.findall(r"(\d+(?:\.\d+)?) target tokens/s|Tokens per Sec[^\d]*([\d.]+)", train.stdout)
-        if rates:
-            out["peer_train_tgt_tokens_per_s"] = float(next(x for x in rates[-1] if x))
+        steady = re.findall(r"steady state: median (\d+) tgt tok/s", train.stdout)
+        if steady:  # summarize_train.py's statistic, the same one its throughput probe prints
+            out["peer_train_tgt_tokens_per_s"] = float(steady[-1])
     decode = subprocess.run(
         ["bash", str(kit / "run_decode.sh")], check=True, env=env, capture_output=True, text=True
     ).stdout
@@ -237,6 +239,7 @@ def run(cfg: Config) -> dict[str, Any]:
             fig[f"{key}_{variant}"] = value
     if f"train_tgt_tokens_per_s_{cfg.model.decoder}" in fig:  # the headline: the configured decoder
         fig["train_tgt_tokens_per_s"] = fig[f"train_tgt_tokens_per_s_{cfg.model.decoder}"]
+    save(fig, run_dir)
 
     if not b.quick:
         for direction in b.directions:
@@ -247,6 +250,7 @@ def run(cfg: Config) -> dict[str, Any]:
             fig[f"bleu_{cfg.data.test_name}{suffix}"] = r["bleu"]
             fig[f"chrf_{cfg.data.test_name}{suffix}"] = r["chrf"]
             fig[f"time_to_bleu{suffix}_detail"] = r
+            save(fig, run_dir)
 
     checkpoint = Path(b.checkpoint) if b.checkpoint else None
     if checkpoint is None:
@@ -266,13 +270,22 @@ def run(cfg: Config) -> dict[str, Any]:
         checkpoint = quick_dir / "best.pt"
     fig["decode_checkpoint"] = str(checkpoint)
     test = load_corpus(cfg.data).test
-    for name, beam in (("greedy", 1), ("beam5", 5)):
+    kinds = [("greedy", 1, False), ("beam5", 5, False)]
+    if b.int8:
+        kinds += [("greedy_int8", 1, True), ("beam5_int8", 5, True)]
+    for name, beam, int8 in kinds:
         log.info("decoding %s with %s", cfg.data.test_name, name)
-        r = decoding(cfg, test, checkpoint, beam)
+        r = decoding(cfg, test, checkpoint, beam, int8)
         fig[f"decode_{name}_sents_per_s"] = r["sents_per_s"]
         fig[f"decode_{name}_process_sents_per_s"] = r["process_sents_per_s"]
         fig[f"decode_{name}_bleu"] = r["bleu"]
         fig[f"decode_{name}_process_output_identical"] = r["process_output_identical"]
+    for name in ("greedy", "beam5"):
+        fp32, int8 = f"decode_{name}_", f"decode_{name}_int8_"
+        if f"{int8}bleu" in fig:
+            fig[f"{int8}bleu_delta"] = fig[f"{int8}bleu"] - fig[f"{fp32}bleu"]
+            fig[f"{int8}speedup"] = fig[f"{int8}sents_per_s"] / fig[f"{fp32}sents_per_s"]
+    save(fig, run_dir)
 
     if b.peer:
         if b.peer != "joeynmt":
@@ -282,11 +295,19 @@ def run(cfg: Config) -> dict[str, Any]:
         for key in ("train_tgt_tokens_per_s", "decode_greedy_sents_per_s", "decode_beam5_sents_per_s"):
             if f"peer_{key}" in fig and key in fig:
                 fig[f"ratio_{key}"] = fig[key] / fig[f"peer_{key}"]
+            int8 = key.replace("_sents", "_int8_sents")
+            if int8 != key and f"peer_{key}" in fig and int8 in fig:  # ours in int8 against theirs (fp32 only)
+                fig[f"ratio_{int8}"] = fig[int8] / fig[f"peer_{key}"]
 
-    (run_dir / "bench.json").write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save(fig, run_dir)
     print(table(fig))
     print(f"figures: {run_dir / 'bench.json'}")
     return fig
+
+
+def save(fig: dict[str, Any], run_dir: Path) -> None:
+    """Write the figures so far: a later phase that fails leaves the earlier ones on disk."""
+    (run_dir / "bench.json").write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def table(fig: dict[str, Any]) -> str:

@@ -135,7 +135,8 @@ def bleu(cfg: Config) -> dict[str, float]:
     corpus = load_corpus(cfg.data)
     translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
     hyps = list(progress_bar(translator.translate(corpus.test.src), total=len(corpus.test.src)))
-    out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}.{cfg.data.tgt_lang}")
+    int8 = ".int8" if cfg.decode.int8 else ""
+    out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{int8}.{cfg.data.tgt_lang}")
     out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     s = score(hyps, corpus.test.tgt)
     print(f"hypotheses: {out}")
@@ -232,6 +233,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=DecodeConfig.beam_size, help="beam size; 1 = greedy")
     parser.add_argument("--batch-size", type=int, default=DecodeConfig.batch_size, help="sentences per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--int8", action="store_true", help="decode with int8 matrix products (CPU only, faster)")
     parser.add_argument(
         "--errors",
         choices=("strict", "replace"),
@@ -248,7 +250,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         parser.error("--beam and --batch-size must be at least 1")
     try:
         device = device_for(args.device)
-        cfg = replace(DecodeConfig(), beam_size=args.beam, batch_size=args.batch_size)
+        cfg = replace(DecodeConfig(), beam_size=args.beam, batch_size=args.batch_size, int8=args.int8)
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
         src = open(args.input, "rb") if args.input else sys.stdin.buffer
         with src:
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     usage = (
         "usage: python -m translate {train,bleu,bench} [key=value ...]\n"
-        "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N]"
+        "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--int8]"
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)

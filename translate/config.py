@@ -90,6 +90,7 @@ class DecodeConfig:
     max_len_b: int = 10
     n_best: int = 1
     batch_size: int = 64  # sentences per decoding batch
+    int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
     checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
 
 
@@ -105,6 +106,7 @@ class BenchConfig:
     warmup_steps: int = 5
     budget_minutes: float = 35.0  # time-to-BLEU training budget per direction
     directions: list[str] = field(default_factory=lambda: ["en-de", "de-en"])
+    int8: bool = True  # also measure int8 decoding (translate/quantize.py)
     checkpoint: str | None = None  # model for the decoding figures; default: en-de time-to-BLEU or run_dir best.pt
     quick_train_minutes: float = 3.0  # quick mode without a checkpoint trains one this long
     peer_train_seconds: int = 300  # peer throughput probe (quick); full mode trains it budget_minutes

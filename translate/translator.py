@@ -27,6 +27,10 @@ CHUNK_LINES = 4096  # lines read ahead and sorted by length together
 
 class Translator:
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, cfg: DecodeConfig, *, max_input_len: int = 250) -> None:
+        if cfg.int8:
+            from translate.quantize import quantize_decoder
+
+            model = quantize_decoder(model)
         self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
         self.max_input_len = max_input_len
         self.device = next(model.parameters()).device
