@@ -4,10 +4,10 @@ Weights are quantized once, per output channel (symmetric int8); activations are
 quantized on the fly, one scale per row. The int8 products run on torch's own
 `quantized::linear_dynamic` kernels (fbgemm), which quantize their input with one scale
 for the whole tensor. That would make a sentence's translation depend on the other
-sentences in its batch, so each row is first divided by its largest magnitude and an
-anchor row [1, -1, 0, ...] is appended: the tensor range is then always [-1, 1], the
-kernel's scale is the same for every batch, and each row comes out as if quantized
-alone. Integer accumulation is exact, so a sentence decodes the same alone or in any
+sentences in its batch, so each row is first divided by its largest magnitude and two
+anchor rows [1, 0, ...] and [-1, 0, ...] are appended: the tensor range is then always
+[-1, 1], the kernel's scale is the same for every batch, and each row comes out as if
+quantized alone. Integer accumulation is exact, so a sentence decodes the same alone or in any
 batch, as in fp32.
 
 Only the decoder is quantized: the search calls it once per output token for every
@@ -49,8 +49,8 @@ class Int8Linear(nn.Module):
         self._packed = torch.ops.quantized.linear_prepack(qw, None)
         self.in_features, self.out_features = w.size(1), w.size(0)
         self.register_buffer("bias", None if bias is None else bias.detach().float().cpu().clone())
-        anchor = torch.zeros(1, self.in_features)
-        anchor[0, 0], anchor[0, -1] = 1.0, -1.0
+        anchor = torch.zeros(2, self.in_features)
+        anchor[0, 0], anchor[1, 0] = 1.0, -1.0
         self.register_buffer("anchor", anchor)
 
     @classmethod
@@ -62,7 +62,7 @@ class Int8Linear(nn.Module):
         x = x.reshape(-1, self.in_features).float()
         peak = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
         y = torch.ops.quantized.linear_dynamic(torch.cat([x / peak, self.anchor]), self._packed, True)
-        y = y[:-1].mul_(peak)
+        y = y[:-2].mul_(peak)
         if self.bias is not None:
             y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
