@@ -7,15 +7,15 @@ for the whole tensor. That would make a sentence's translation depend on the oth
 sentences in its batch, so each row is first divided by its largest magnitude and two
 anchor rows [1, 0, ...] and [-1, 0, ...] are appended: the tensor range is then always
 [-1, 1], the kernel's scale is the same for every batch, and each row comes out as if
-quantized alone. Integer accumulation is exact, so a sentence decodes the same alone or in any
-batch, as in fp32.
+quantized alone. Integer accumulation is exact, so a sentence decodes the same alone or
+in any batch, as in fp32.
 
 Only the decoder is quantized: the search calls it once per output token for every
 hypothesis, while the encoder runs once per sentence and stays fp32.
 
-Why these kernels, measured on test2016 (README, int8 decoding): torchao 0.18's int8
-configs run eagerly on this CPU through a slow int8 matmul (11 sentences/s with beam 5,
-fp32 does 103), and its weight-only int8 is slower than fp32; ONNX Runtime's int8
+Why these kernels, measured on test2016 (README, int8 decoding): on a CPU torchao 0.18's
+dynamic int8 config multiplies in int32 (11 sentences/s with beam 5, fp32 does 103), and
+its weight-only int8 is slower than fp32; ONNX Runtime's int8
 kernels are fast, but called per layer from the search loop they gave 111 sentences/s
 against 140 here. torch 2.13 marks quantized tensors as deprecated; when a release
 drops them, `int8_available()` turns False and --int8 says so instead of failing.
