@@ -292,12 +292,15 @@ def run(cfg: Config) -> dict[str, Any]:
             raise ValueError(f"bench.peer must be joeynmt, not '{b.peer}'")
         log.info("peer: JoeyNMT via %s", b.peer_kit)
         fig.update(peer_joeynmt(cfg))
-        for key in ("train_tgt_tokens_per_s", "decode_greedy_sents_per_s", "decode_beam5_sents_per_s"):
-            if f"peer_{key}" in fig and key in fig:
-                fig[f"ratio_{key}"] = fig[key] / fig[f"peer_{key}"]
-            int8 = key.replace("_sents", "_int8_sents")
-            if int8 != key and f"peer_{key}" in fig and int8 in fig:  # ours in int8 against theirs (fp32 only)
-                fig[f"ratio_{int8}"] = fig[int8] / fig[f"peer_{key}"]
+        for ours, theirs in (
+            ("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),
+            ("decode_greedy_sents_per_s", "decode_greedy_sents_per_s"),
+            ("decode_beam5_sents_per_s", "decode_beam5_sents_per_s"),
+            ("decode_greedy_int8_sents_per_s", "decode_greedy_sents_per_s"),  # the peer decodes in fp32 only
+            ("decode_beam5_int8_sents_per_s", "decode_beam5_sents_per_s"),
+        ):
+            if ours in fig and f"peer_{theirs}" in fig:
+                fig[f"ratio_{ours}"] = fig[ours] / fig[f"peer_{theirs}"]
 
     save(fig, run_dir)
     print(table(fig))
