@@ -148,6 +148,13 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     reference = load_checkpoint(tmp_path / "full" / "last.pt")
     assert reference["step"] == 240
 
+    # a larger budget does not extend a finished run: it says so and leaves the checkpoint alone
+    longer = run_cli("train", *args, "run_dir=full", "train.max_steps=480", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr.decode()[-2000:]
+    said = longer.stdout.decode() + longer.stderr.decode()
+    assert "is complete (step 240" in said and "new run_dir" in said
+    assert_same_weights(reference, load_checkpoint(tmp_path / "full" / "last.pt"), "after a longer budget")
+
     # SIGKILL right after the first save: the rerun resumes from that last.pt
     proc, last = start_training(args, "killed", tmp_path)
     proc.send_signal(signal.SIGKILL)

@@ -110,10 +110,13 @@ def train(cfg: Config) -> dict[str, Any]:
     if resume:
         trainer.resume(last)
         if trainer.progress.done:
-            log.info(
-                "the run in %s is complete (step %d); pass overwrite=true to train it again",
+            log.warning(
+                "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
+                "whose learning-rate schedule has run its course: pass a new run_dir=... to train a longer run, "
+                "or overwrite=true to train this one again",
                 run_dir,
                 trainer.progress.step,
+                trainer.progress.elapsed / 60,
             )
     progress = trainer.fit(train_ex, corpus.valid)
     if trainer.interrupted:
