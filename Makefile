@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+NPROC ?= 1
 BENCH_DATA ?= ../shared/data/multi30k
 STAMP := $(VENV)/.installed
 
@@ -20,8 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create the virtualenv (torch pinned by constraints.txt) and install translate
 
-train: $(STAMP) ## download the corpus, train SentencePiece and the model (ARGS="train.max_time=10 ...")
+train: $(STAMP) ## download the corpus, train SentencePiece and the model (ARGS="train.max_time=10 ...", NPROC=N: torchrun)
+ifeq ($(NPROC),1)
 	$(PY) -m translate train $(ARGS)
+else
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m translate train $(ARGS)
+endif
 
 bleu: $(STAMP) ## decode the test split with the run's best checkpoint; print sacreBLEU BLEU and chrF
 	$(PY) -m translate bleu $(ARGS)

@@ -67,23 +67,38 @@ def setup_torch(cfg: Config) -> torch.device:
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Download -> SentencePiece -> train; returns the best validation metrics."""
+    """Download -> SentencePiece -> train; returns the best validation metrics.
+
+    Under torchrun (``torchrun --nproc_per_node=N -m translate train ...``) each process
+    runs this with its share of the batches (translate/distributed.py)."""
+    from translate import distributed
+
+    group, device = distributed.init(setup_torch(cfg))
+    try:
+        return _train(cfg, group, device)
+    finally:
+        distributed.shutdown(group)
+
+
+def _train(cfg: Config, group, device: torch.device) -> dict[str, Any]:
     from translate.checkpoint import load_checkpoint
     from translate.data import prepare
+    from translate.distributed import barrier
     from translate.model import Seq2Seq, count_parameters
     from translate.training import Trainer, tokenize_pairs
 
-    device = setup_torch(cfg)
     run_dir = Path(cfg.run_dir)
     identity = run_identity(cfg)
     last = run_dir / "last.pt"
     resume = False
     if last.exists():
         previous = load_checkpoint(last).get("run_config", {})
+        barrier(group)  # every process has read it before process 0 may delete it
         if cfg.overwrite:
             log.warning("overwrite=true: discarding the run in %s", run_dir)
             for name in ("last.pt", "best.pt"):
-                (run_dir / name).unlink(missing_ok=True)
+                if group.is_main:
+                    (run_dir / name).unlink(missing_ok=True)
         elif previous != identity:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
             raise SystemExit(
@@ -95,7 +110,11 @@ def train(cfg: Config) -> dict[str, Any]:
 
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
+    if not group.is_main:
+        barrier(group)  # process 0 downloads and trains SentencePiece; the others then reuse them
     corpus, tokenizer = prepare(cfg.data)
+    if group.is_main:
+        barrier(group)
     train_ex = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
     model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
     log.info(
@@ -106,7 +125,9 @@ def train(cfg: Config) -> dict[str, Any]:
         tokenizer.vocab_size,
         device,
     )
-    trainer = Trainer(model, tokenizer, cfg.train, cfg.decode, run_dir=run_dir, device=device, run_config=identity)
+    trainer = Trainer(
+        model, tokenizer, cfg.train, cfg.decode, run_dir=run_dir, device=device, run_config=identity, group=group
+    )
     if resume:
         trainer.resume(last)
         if trainer.progress.done:
@@ -118,6 +139,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 trainer.progress.step,
                 trainer.progress.elapsed / 60,
             )
+    if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
+        torch.manual_seed(cfg.train.seed + 7919 * group.rank + trainer.progress.step)
     progress = trainer.fit(train_ex, corpus.valid)
     if trainer.interrupted:
         log.warning("stopped at step %d; %s holds the state: run the same command again to resume", progress.step, last)

@@ -26,6 +26,7 @@ from translate.batching import make_batch, token_batches
 from translate.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
+from translate.distributed import SINGLE, Group, any_of, check_in_sync, maximum, shard, total, wrap
 from translate.evaluation import score
 from translate.loss import output_layer_loss
 from translate.model import Seq2Seq
@@ -165,14 +166,18 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         run_config: dict[str, Any],
+        group: Group = SINGLE,
     ) -> None:
         self.model, self.tokenizer, self.cfg, self.decode = model, tokenizer, cfg, decode
+        self.group = group  # torchrun's processes; process 0 validates, logs and saves
+        self.net = wrap(model, group)  # model.features, under DDP when distributed
         self.run_dir, self.device, self.run_config = Path(run_dir), device, run_config
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
         self.progress = Progress()
         self.interrupted = False
+        self._stopping = False
         self.budget_s = cfg.max_time * 60 if cfg.max_time else None
         self._valid_batches: list | None = None  # tokenized and batched once, reused by every validation
         self.precision = resolve_precision(cfg.precision, device)
@@ -198,7 +203,8 @@ class Trainer:
         return payload
 
     def save(self, name: str, with_state: bool) -> None:
-        save_checkpoint(self.run_dir / name, self._payload(with_state))
+        if self.group.is_main:
+            save_checkpoint(self.run_dir / name, self._payload(with_state))
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -219,14 +225,14 @@ class Trainer:
             initial=0,
             unit="step" if cfg.max_steps else "s",
             desc="train",
-            disable=None,
+            disable=None if self.group.is_main else True,
             dynamic_ncols=True,
         )
         start = time.perf_counter() - p.elapsed
         with StopRequest() as stop:
             self._loop(train, valid, stop, start, bar)
         bar.close()
-        self.interrupted = stop.signal is not None and not p.done
+        self.interrupted = self._stopping and not p.done
         if self.interrupted:
             p.elapsed = time.perf_counter() - start
             self.save("last.pt", with_state=True)
@@ -238,9 +244,10 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         while not p.done and p.epoch < cfg.max_epochs:
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + p.epoch)
-            batches = token_batches(*lengths, batch_tokens=cfg.batch_tokens, generator=gen)
+            batches = shard(token_batches(*lengths, batch_tokens=cfg.batch_tokens, generator=gen), self.group)
             for index in batches[p.batch_in_epoch :]:
-                p.elapsed = time.perf_counter() - start
+                # the schedule follows the slowest clock, so that every process uses the same learning rate
+                (p.elapsed,) = maximum(self.group, time.perf_counter() - start)
                 progress = (p.step / cfg.max_steps) if cfg.max_steps else (p.elapsed / budget_s if budget_s else 0.0)
                 ntok = self.train_step(
                     make_batch([train.src[i] for i in index], [train.tgt[i] for i in index]), progress
@@ -252,7 +259,7 @@ class Trainer:
                 p.tokens += ntok
                 bar.update(1 if cfg.max_steps else int(time.perf_counter() - start) - bar.n)
                 if p.step % cfg.log_every == 0:
-                    rate = window_tokens / (time.perf_counter() - window_start)
+                    rate = total(self.group, window_tokens) / (time.perf_counter() - window_start)
                     bar.set_postfix(loss=f"{self._last_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self._last_lr:.1e}")
                     log.info(
                         "step %d  epoch %d  loss %.3f  lr %.2e  %.0f tgt tok/s",
@@ -265,37 +272,48 @@ class Trainer:
                     window_tokens, window_start = 0, time.perf_counter()
                 out_of_time = budget_s is not None and time.perf_counter() - start >= budget_s
                 out_of_steps = cfg.max_steps is not None and p.step >= cfg.max_steps
+                # every process stops at the same step, whichever clock or signal came first
+                out_of_time, self._stopping = any_of(self.group, out_of_time, stop.signal is not None)
                 if p.step % cfg.valid_every == 0 or out_of_time or out_of_steps:
                     p.elapsed = time.perf_counter() - start
-                    self.validate(valid, final=out_of_time or out_of_steps)
+                    self._validate_all(valid, final=out_of_time or out_of_steps)
                     window_tokens, window_start = 0, time.perf_counter()
                 if p.done or out_of_time or out_of_steps:
                     p.done = True
                     break
-                if stop.signal is not None:
+                if self._stopping:
                     return
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         if not p.done:  # epochs exhausted
+            self._validate_all(valid, final=True)
             p.done = True
-            self.validate(valid, final=True)
+
+    def _validate_all(self, valid: Split, *, final: bool) -> None:
+        """Process 0 validates (and may stop early); the others wait for its verdict."""
+        p = self.progress
+        if self.group.is_main:
+            self.validate(valid, final=final)
+        (p.done,) = any_of(self.group, p.done or final)
+        check_in_sync(self.model, self.group)
 
     def train_step(self, batch, progress: float) -> int:
-        self.model.train()
+        self.net.train()
         batch = batch.to(self.device)
         p = self.progress
         lr = lr_at(self.cfg, p.step + 1, progress, p.plateau_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast():
-            features = self.model.features(batch)
+            features = self.net(batch)
         ntok = batch.ntokens
         loss, nll = output_layer_loss(features, self.model.output_weight, batch.tgt_out, self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / ntok).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        (nonfinite,) = any_of(self.group, not (torch.isfinite(loss) and torch.isfinite(norm)))
+        if nonfinite:
             self._skip(loss.item())
             return 0
         p.skipped_in_row = 0
