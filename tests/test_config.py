@@ -48,6 +48,7 @@ def test_defaults_are_the_documented_pipeline():
 def test_overlays_change_what_they_pin():
     cfg = compose_config(["experiment=multi30k_de_en"])
     assert (cfg.data.src_lang, cfg.data.tgt_lang, cfg.train.max_time) == ("de", "en", 35)
+    assert cfg.train.warmup_steps == 400 and cfg.train.lr == compose_config([]).train.lr
     assert cfg.run_dir == "runs/multi30k.de-en"
     tiny = compose_config(["debug=tiny"])
     assert tiny.model.enc_hidden < 64 and tiny.train.max_steps is not None

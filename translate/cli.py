@@ -15,11 +15,14 @@ import random
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
+
+if TYPE_CHECKING:
+    from translate.distributed import Group
 
 log = logging.getLogger("translate")
 
@@ -80,7 +83,7 @@ def train(cfg: Config) -> dict[str, Any]:
         distributed.shutdown(group)
 
 
-def _train(cfg: Config, group, device: torch.device) -> dict[str, Any]:
+def _train(cfg: Config, group: Group, device: torch.device) -> dict[str, Any]:
     from translate.checkpoint import load_checkpoint
     from translate.data import prepare
     from translate.distributed import barrier
