@@ -12,6 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from translate.config import ModelConfig
+from translate.model import Seq2Seq
+from translate.tokenizer import Tokenizer, train_tokenizer
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,30 +51,30 @@ def run_cli(*args: str, cwd: Path, input: bytes | None = None, timeout: int = 60
     )
 
 
-# overrides for a small reversal model that learns its task in well under a minute on 2 cores
+# the reversal task with the debug overlay (conf/debug/tiny.yaml): a small model that
+# learns it in well under a minute on 2 cores
 REVERSAL_OVERRIDES = [
+    "debug=tiny",
     "data=text",
     "data.name=reversal",
     "data.src_lang=xx",
     "data.tgt_lang=yy",
     "data.vocab_size=60",
-    "data.byte_fallback=false",
-    "model.emb_dim=64",
-    "model.enc_hidden=64",
-    "model.dec_hidden=64",
-    "model.attn_dim=64",
-    "model.dropout=0.0",
-    "model.share_embeddings=false",
-    "model.tie_output=false",
-    "train.batch_tokens=1200",
-    "train.max_steps=450",
-    "train.lr=0.005",
-    "train.warmup_steps=50",
-    "train.valid_every=150",
-    "train.log_every=50",
-    "train.label_smoothing=0.0",
-    "decode.beam_size=3",
 ]
+
+TINY_DIMS = dict(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, dropout=0.0)
+
+
+def reversal_tokenizer(n: int = 300, seed: int = 7, vocab_size: int = 60, byte_fallback: bool = False) -> Tokenizer:
+    """A SentencePiece model trained on reversal pairs (both sides)."""
+    text = [s for pair in reversal_pairs(n, seed) for s in pair]
+    return train_tokenizer(text, vocab_size=vocab_size, byte_fallback=byte_fallback)
+
+
+def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> Seq2Seq:
+    """An untrained, dropout-free model small enough for any test; `overrides` are ModelConfig fields."""
+    torch.manual_seed(seed)
+    return Seq2Seq(ModelConfig(**{**TINY_DIMS, **overrides}), vocab_size)
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from translate.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from translate.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    RunFolder,
+    RunFolderError,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+from .conftest import ROOT
 
 
 class Payload:
@@ -81,3 +93,44 @@ def test_save_is_atomic_when_writing_fails(tmp_path):
         save_checkpoint(path, {"model_config": {}, "step": 2, "bad": Boom()})
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_run_folder_starts_resumes_refuses_or_overwrites(tmp_path):
+    identity = {"model.emb_dim": 8, "train.lr": 0.1}
+    with RunFolder.open(tmp_path / "run", identity) as run:
+        assert not run.resume
+        run.save("last.pt", {"step": 3, "model": {}, "model_config": {}, "vocab_size": 1, "tokenizer": torch.zeros(1)})
+        run.save("best.pt", {"step": 2, "model": {}, "model_config": {}, "vocab_size": 1, "tokenizer": torch.zeros(1)})
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["run_config"] == identity
+    with RunFolder.open(tmp_path / "run", dict(identity)) as again:
+        assert again.resume and again.last == tmp_path / "run" / "last.pt"
+    other = {**identity, "train.lr": 0.2}
+    with pytest.raises(RunFolderError, match=r"different configuration \(train\.lr\).*overwrite=true"):
+        RunFolder.open(tmp_path / "run", other)
+    assert (tmp_path / "run" / "last.pt").exists()  # a refusal changes nothing
+    with RunFolder.open(tmp_path / "run", other, overwrite=True) as fresh:
+        assert not fresh.resume
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_run_folder_is_held_by_one_process_and_a_killed_holder_leaves_no_lock(tmp_path):
+    folder = tmp_path / "run"
+    with RunFolder.open(folder, {}):
+        with pytest.raises(RunFolderError, match=rf"in use by process {os.getpid()}"):
+            RunFolder.open(folder, {})
+    RunFolder.open(folder, {}).close()  # released on close
+
+    code = (
+        f"from translate.checkpoint import RunFolder; r = RunFolder.open({str(folder)!r}, {{}}); "
+        "print('held', flush=True); import time; time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(RunFolderError, match=rf"in use by process {holder.pid}"):
+            RunFolder.open(folder, {})
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    RunFolder.open(folder, {}).close()  # the lock died with its process

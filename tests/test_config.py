@@ -1,16 +1,25 @@
-"""Every YAML in conf/ composes into the typed dataclasses; bad keys fail at compose time."""
+"""Every YAML in conf/ composes into the typed dataclasses and holds only what differs from
+their defaults; bad keys, bad choices and out-of-range values fail when the configuration
+is composed, naming the key and what is allowed."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from translate.cli import CONF_DIR
-from translate.config import Config, ConfigError, register_configs, to_config
+from translate.attention import SCORES
+from translate.cli import CONF_DIR, _flatten, run_identity
+from translate.config import BenchRunConfig, Config, ConfigError, ModelConfig, register_configs, to_config
+from translate.decoder import VARIANTS
+
+from .conftest import run_cli
 
 GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
@@ -23,9 +32,13 @@ def compose_config(overrides: list[str]) -> Config:
     return to_config(cfg)
 
 
-def test_every_group_has_options():
+def test_the_groups_and_options_the_readme_names_exist():
     assert {"data", "model", "train", "decode", "experiment", "debug"} <= set(GROUPS)
-    assert len(OPTIONS) >= 8
+    named = {
+        *[("data", "multi30k"), ("data", "text"), ("model", "gru"), ("model", "bahdanau"), ("train", "default")],
+        *[("decode", "beam"), ("decode", "greedy"), ("experiment", "multi30k_de_en"), ("debug", "tiny")],
+    }
+    assert named <= set(OPTIONS)
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
@@ -34,15 +47,29 @@ def test_every_yaml_composes_into_the_dataclasses(group, option):
     if (group, option) == ("data", "text"):
         overrides.append("data.path=somewhere")
     cfg = compose_config(overrides)
-    assert isinstance(cfg, Config)
-    assert cfg.run_dir.startswith("runs/")
+    assert type(cfg) is Config
+    prefix = "debug." if group == "debug" else ""
+    assert cfg.run_dir == f"runs/{prefix}{cfg.data.name}.{cfg.data.src_lang}-{cfg.data.tgt_lang}"
+
+
+@pytest.mark.parametrize("group,option", [o for o in OPTIONS if o[0] != "experiment"])
+def test_yaml_files_hold_only_what_differs_from_the_dataclass_defaults(group, option):
+    """A default lives in its dataclass field alone. (Experiments pin their values on
+    purpose, so that a changed default does not move a published run.)"""
+    text = (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
+    node = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")) or {}
+    defaults = _flatten(asdict(Config()))
+    where = "" if "@package _global_" in text else f"{group}."
+    same = [k for k, v in _flatten(node, where).items() if k in defaults and defaults[k] == v]
+    assert not same, f"conf/{group}/{option}.yaml repeats dataclass defaults: {same}"
 
 
 def test_defaults_are_the_documented_pipeline():
     cfg = compose_config([])
     assert (cfg.data.hub_id, cfg.data.src_lang, cfg.data.tgt_lang) == ("bentrevett/multi30k", "en", "de")
     assert cfg.run_dir == "runs/multi30k.en-de"
-    assert cfg.decode.beam_size == 5
+    assert cfg.decode.beam_size == 5 and cfg.device == "auto"
+    assert cfg == Config(run_dir="runs/multi30k.en-de")  # the YAML adds nothing to the dataclass defaults
 
 
 def test_overlays_change_what_they_pin():
@@ -51,7 +78,15 @@ def test_overlays_change_what_they_pin():
     assert cfg.train.warmup_steps == 400 and cfg.train.lr == compose_config([]).train.lr
     assert cfg.run_dir == "runs/multi30k.de-en"
     tiny = compose_config(["debug=tiny"])
-    assert tiny.model.enc_hidden < 64 and tiny.train.max_steps is not None
+    assert tiny.model.enc_hidden < Config().model.enc_hidden and tiny.train.max_steps is not None
+
+
+def test_bench_settings_are_not_part_of_a_training_run():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_config(["bench.quick=true"])
+    bench = compose_config(["schema=bench", "bench.quick=true"])
+    assert isinstance(bench, BenchRunConfig) and bench.bench.quick
+    assert not any(k.startswith("bench") for k in run_identity(compose_config([])))
 
 
 @pytest.mark.parametrize("override", ["model.hiden=3", "+train.lr_warmup=5", "data.vocab_sise=10"])
@@ -64,3 +99,66 @@ def test_misspelled_keys_fail_when_composing(override):
 def test_ill_typed_values_fail_when_composing(override):
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_config([override])
+
+
+CHOICES = {
+    "model.attention": list(SCORES),
+    "model.decoder": list(VARIANTS),
+    "train.schedule": ["cosine", "linear", "rsqrt", "constant", "plateau"],
+    "train.precision": ["auto", "bf16", "fp32"],
+    "data.format": ["auto", "hub", "text"],
+}
+
+
+@pytest.mark.parametrize("key", CHOICES)
+def test_a_bad_choice_names_the_key_the_value_and_the_allowed_ones(key):
+    with pytest.raises(ConfigError) as err:
+        compose_config([f"{key}=foo"])
+    message = str(err.value)
+    assert f"{key}='foo'" in message and all(choice in message for choice in CHOICES[key])
+
+
+def test_every_allowed_choice_composes():
+    for key, choices in CHOICES.items():
+        for choice in choices:
+            extra = ["model.dec_hidden=1024"] if choice == "dot" else []
+            cfg = compose_config([f"{key}={choice}", *extra])
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == choice
+
+
+NONSENSE = [
+    "train.batch_tokens=0", "decode.beam_size=0", "data.max_len=0", "train.max_time=-1", "train.max_time=0",
+    "train.max_steps=0", "train.max_epochs=0", "train.valid_every=0", "train.log_every=0", "train.lr=-1",
+    "train.lr=nan", "train.lr=inf", "train.threads=-1", "train.clip_norm=-1", "train.label_smoothing=2",
+    "train.warmup_steps=-1", "train.patience=-1", "train.valid_beam=0", "train.valid_batch_size=0",
+    "model.emb_dim=0", "model.enc_layers=0", "model.dropout=1.5", "data.vocab_size=0", "decode.max_len_a=-1",
+    "decode.batch_size=0", "device=tpu", "model.attention=multihead model.heads=3",
+    "model.attention=dot", "data.tgt_lang=en",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", NONSENSE)
+def test_nonsense_values_are_refused_with_the_key_named(overrides):
+    overrides = overrides.split()
+    with pytest.raises(ConfigError) as err:
+        compose_config(overrides)
+    key = overrides[-1].split("=")[0].split(".")[-1]
+    assert key in str(err.value)
+
+
+def test_a_stored_model_config_is_checked_too():
+    with pytest.raises(ConfigError, match="model.attention='luong'"):
+        ModelConfig(attention="luong")
+
+
+def test_the_command_line_refuses_a_bad_choice_before_reading_any_corpus(tmp_path):
+    start = time.monotonic()
+    result = run_cli("train", "model.attention=foo", "data=text", "data.path=no/such/corpus", cwd=tmp_path, timeout=60)
+    seconds = time.monotonic() - start
+    err = result.stderr.decode()
+    assert result.returncode != 0
+    assert "model.attention='foo'" in err and "bahdanau" in err and "general" in err
+    assert "no/such/corpus" not in err and "Traceback" not in err  # the corpus was never looked at
+    assert not (tmp_path / "data").exists()  # nor any SentencePiece model made
+    print(f"refused in {seconds:.1f} s")

@@ -10,7 +10,7 @@ from translate.config import DataConfig
 from translate.data import DataError, load_corpus, read_lines
 from translate.tokenizer import train_tokenizer
 
-from .conftest import reversal_pairs, write_text_corpus
+from .conftest import reversal_pairs, reversal_tokenizer, write_text_corpus
 
 
 def write_hub_layout(folder, splits):
@@ -61,7 +61,7 @@ def test_files_of_different_lengths_are_named_with_their_counts(tmp_path):
 def test_undecodable_bytes_name_file_and_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
-    with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8 at byte 4"):
+    with pytest.raises(DataError, match=r"bad\.txt: line 3: invalid UTF-8 at byte 4"):
         read_lines(path)
 
 
@@ -87,11 +87,9 @@ def test_a_vocabulary_too_small_for_the_characters_says_what_to_raise():
 
 
 def test_empty_and_overlong_pairs_are_dropped_with_a_count(caplog):
-    from translate.data import Split
-    from translate.training import tokenize_pairs
+    from translate.data import Split, tokenize_pairs
 
-    text = [s for pair in reversal_pairs(200, 5) for s in pair]
-    tok = train_tokenizer(text, vocab_size=60, byte_fallback=False)
+    tok = reversal_tokenizer(200, 5)
     split = Split(["a b", "", "c d", "a " * 50, "e"], ["B A", "X", "", "A", "E"])
     with caplog.at_level("INFO"):
         ex = tokenize_pairs(split, tok, max_len=20)

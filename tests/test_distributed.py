@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from translate.checkpoint import load_checkpoint
-from translate.distributed import SINGLE, Group, any_of, check_in_sync, shard
+from translate.distributed import SINGLE, Agreement, Group, agree, any_of, check_in_sync, shard
 
 from .conftest import REVERSAL_OVERRIDES, ROOT, reversal_pairs, write_text_corpus
 
@@ -47,10 +47,26 @@ def _drift(rank: int, init_file: str, errors) -> None:
 
 
 def test_drifting_weights_across_processes_are_caught(tmp_path):
-    errors = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_drift, args=(str(tmp_path / "init"), errors), nprocs=2)
-    messages = [errors.get() for _ in range(2)]
+    errors = mp.get_context("spawn").Queue()
+    mp.spawn(_drift, args=(str(tmp_path / "init"), errors), nprocs=2)  # the collectives time out after 60 s
+    messages = [errors.get(timeout=30) for _ in range(2)]  # queue.Empty if the check stopped raising
     assert all("weights differ" in m for m in messages)
+
+
+def _agree(rank: int, init_file: str, answers) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # fmt: skip
+    group = Group(rank=rank, world_size=2)
+    answers.put((rank, agree(group, elapsed=10.0 + rank, nonfinite=rank == 1, stop=False, tokens=100 * (rank + 1))))
+    dist.destroy_process_group()
+
+
+def test_the_processes_agree_on_the_slowest_clock_any_skip_and_the_token_sum(tmp_path):
+    answers = mp.get_context("spawn").Queue()
+    mp.spawn(_agree, args=(str(tmp_path / "init"), answers), nprocs=2)
+    got = dict(answers.get(timeout=30) for _ in range(2))
+    assert got[0] == got[1] == Agreement(elapsed=11.0, nonfinite=True, stop=False, tokens=300)
+    assert agree(SINGLE, elapsed=1.5, nonfinite=False, stop=True, tokens=7) == Agreement(1.5, False, True, 7)
 
 
 def torchrun(*args: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from translate.attention import KINDS, Attention
+from translate.attention import SCORES, make_attention
 from translate.batching import make_batch, token_batches
 from translate.config import ModelConfig
 from translate.loss import label_smoothed_loss, output_layer_loss
 from translate.model import Seq2Seq
 from translate.tokenizer import BOS, EOS, PAD
 
-ATTENTIONS = [k for k in KINDS if k != "additive"]
+ATTENTIONS = [k for k in SCORES if k != "additive"]  # additive is bahdanau's other name
 
 
 def build(decoder: str, attention: str, **overrides) -> Seq2Seq:
@@ -26,7 +26,7 @@ def build(decoder: str, attention: str, **overrides) -> Seq2Seq:
 @pytest.mark.parametrize("kind", ATTENTIONS)
 def test_attention_weights_sum_to_one_and_ignore_padding(kind):
     torch.manual_seed(1)
-    attn = Attention(kind, query_dim=16, key_dim=16, attn_dim=16, heads=4)
+    attn = make_attention(kind, query_dim=16, key_dim=16, attn_dim=16, heads=4)
     keys = torch.randn(3, 5, 16)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
     memory = attn.precompute(keys, mask)
@@ -45,7 +45,7 @@ def test_attention_weights_sum_to_one_and_ignore_padding(kind):
 
 def test_dot_attention_rejects_mismatched_sizes_with_advice():
     with pytest.raises(ValueError, match="dec_hidden=32"):
-        Attention("dot", query_dim=16, key_dim=32, attn_dim=16)
+        make_attention("dot", query_dim=16, key_dim=32, attn_dim=16)
 
 
 @pytest.mark.parametrize("decoder", ["fused", "input_feed"])

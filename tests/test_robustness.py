@@ -16,25 +16,30 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from translate.checkpoint import load_checkpoint
-from translate.cli import read_input
-from translate.config import DecodeConfig, ModelConfig, TrainConfig
-from translate.model import Seq2Seq
-from translate.tokenizer import train_tokenizer
-from translate.training import Trainer, TrainingError
+from translate.batching import Examples
+from translate.checkpoint import RunFolder, load_checkpoint
+from translate.config import DecodeConfig, TrainConfig
+from translate.data import Split, iter_lines
+from translate.learner import Learner
+from translate.training import TrainingError, fit
 from translate.translator import Translator
 
-from .conftest import REVERSAL_OVERRIDES, ROOT, reversal_pairs, run_cli, write_text_corpus
+from .conftest import (
+    REVERSAL_OVERRIDES,
+    ROOT,
+    reversal_pairs,
+    reversal_tokenizer,
+    run_cli,
+    tiny_model,
+    write_text_corpus,
+)
 
 
 @pytest.fixture(scope="module")
 def translator() -> Translator:
-    text = [s for pair in reversal_pairs(300, 11) for s in pair]
-    tokenizer = train_tokenizer(text, vocab_size=320, byte_fallback=True)
-    torch.manual_seed(0)
-    cfg = ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, dropout=0.0)
+    tokenizer = reversal_tokenizer(300, 11, vocab_size=320, byte_fallback=True)
     return Translator(
-        Seq2Seq(cfg, tokenizer.vocab_size),
+        tiny_model(tokenizer.vocab_size),
         tokenizer,
         DecodeConfig(beam_size=1, batch_size=7, max_len_a=1.0, max_len_b=3),
     )
@@ -54,13 +59,13 @@ def test_random_input_keeps_its_lines_in_order(translator, lines, crlf, final_ne
         lines[0] = "x" + lines[0]  # at the very start of a file U+FEFF is a byte-order mark, not text
     data = ("\r\n" if crlf else "\n").join(lines) + (("\r\n" if crlf else "\n") if final_newline and lines else "")
     raw = (b"\xef\xbb\xbf" if bom else b"") + data.encode("utf-8")
-    out = list(translator.translate(read_input(io.BytesIO(raw), "<test>", "strict")))
+    out = list(translator.translate(iter_lines(io.BytesIO(raw), "<test>")))
     assert len(out) == len(lines)
     assert all("\n" not in o and "\r" not in o for o in out)
     for line, o in zip(lines, out):
         if not line.strip():
             assert o == ""
-    alone = [next(iter(translator.translate([line]))) for line in read_input(io.BytesIO(raw), "<t>", "strict")]
+    alone = [next(iter(translator.translate([line]))) for line in iter_lines(io.BytesIO(raw), "<t>")]
     assert out == alone  # each line's translation stays at its line, whatever its batch-mates
 
 
@@ -79,32 +84,23 @@ def test_an_overlong_line_is_cut_with_a_warning_naming_it(translator, caplog):
     assert any("line 2:" in r.getMessage() and "limit of 50" in r.getMessage() for r in caplog.records)
 
 
-def test_nonfinite_losses_skip_updates_then_stop_training(tmp_path):
-    text = [s for pair in reversal_pairs(50, 12) for s in pair]
-    tokenizer = train_tokenizer(text, vocab_size=60, byte_fallback=False)
-    torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(emb_dim=8, enc_hidden=8, dec_hidden=8, attn_dim=8, dropout=0.0), tokenizer.vocab_size)
-    trainer = Trainer(
-        model,
-        tokenizer,
-        TrainConfig(max_nonfinite=3, precision="fp32"),
-        DecodeConfig(),
-        run_dir=tmp_path,
-        device=torch.device("cpu"),
-        run_config={},
-    )
-    from translate.batching import make_batch
-
-    batch = make_batch(tokenizer.encode(["a b"]), tokenizer.encode(["B A"]))
+def test_nonfinite_losses_skip_updates_then_stop_training(tmp_path, caplog):
+    tokenizer = reversal_tokenizer(50, 12)
+    model = tiny_model(tokenizer.vocab_size, emb_dim=8, enc_hidden=8, dec_hidden=8, attn_dim=8)
+    cfg = TrainConfig(max_nonfinite=3, precision="fp32", max_steps=20, valid_every=5)
+    learner = Learner(model, cfg, device=torch.device("cpu"))
+    pairs = reversal_pairs(40, 13)
+    train = Examples(tokenizer.encode([s for s, _ in pairs]), tokenizer.encode([t for _, t in pairs]))
     with torch.no_grad():
         model.decoder.combine.weight.fill_(float("nan"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert trainer.train_step(batch, 0.0) == 0 and trainer.train_step(batch, 0.0) == 0
-    assert trainer.progress.skipped == 2 and trainer.progress.step == 0
+    with RunFolder.open(tmp_path, {}) as run, caplog.at_level(logging.WARNING):
+        with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 1"):
+            fit(learner, tokenizer, train, Split(["a b"], ["B A"]), cfg=cfg, run=run)
+    assert sum("update skipped" in r.getMessage() for r in caplog.records) == 3
     for k, v in model.state_dict().items():  # nothing was updated
         torch.testing.assert_close(v, before[k], equal_nan=True)
-    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 1"):
-        trainer.train_step(batch, 0.0)
+    assert not (tmp_path / "best.pt").exists()  # no validation ran on a model that never updated
 
 
 RESUME_OVERRIDES = [
@@ -165,7 +161,8 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
     assert "resumed from" in resumed.stdout.decode() + resumed.stderr.decode()
     killed = load_checkpoint(last)
     assert_same_weights(reference, killed, "after a SIGKILL and resume")
-    assert reference["train_state"]["progress"]["best_bleu"] == killed["train_state"]["progress"]["best_bleu"]
+    best_bleu = lambda ckpt: ckpt["train_state"]["progress"]["stopping"]["best_bleu"]  # noqa: E731
+    assert best_bleu(reference) == best_bleu(killed)
 
     # Ctrl-C (SIGINT) stops after the current step, saves last.pt there, and exits 130
     proc, stopped = start_training(args, "stopped", tmp_path)

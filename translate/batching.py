@@ -52,6 +52,27 @@ def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None
     return batch
 
 
+@dataclass
+class Examples:
+    """Tokenized pairs (subword ids, no specials), cut into batches by index lists."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def lengths(self) -> tuple[list[int], list[int]]:
+        return [len(s) for s in self.src], [len(t) for t in self.tgt]
+
+    def batch(self, index: Sequence[int]) -> Batch:
+        return make_batch([self.src[i] for i in index], [self.tgt[i] for i in index])
+
+    def batches(self, *, batch_tokens: int, generator: torch.Generator | None = None) -> list[list[int]]:
+        """Index lists of token-budget batches (see :func:`token_batches`)."""
+        return token_batches(*self.lengths(), batch_tokens=batch_tokens, generator=generator)
+
+
 def token_batches(
     src_lengths: Sequence[int],
     tgt_lengths: Sequence[int],

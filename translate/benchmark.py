@@ -33,38 +33,33 @@ from typing import Any
 
 import torch
 
-from translate.config import Config
+from translate.config import BenchRunConfig as Config
 from translate.data import Split, load_corpus
+from translate.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
 
 def _throughput_worker(cfg: Config, variant: str, queue) -> None:
-    from translate.batching import make_batch, token_batches
-    from translate.data import prepare
+    from translate.data import prepare, tokenize_pairs
+    from translate.learner import Learner
     from translate.model import Seq2Seq
-    from translate.training import Trainer, tokenize_pairs
 
     torch.manual_seed(cfg.train.seed)
     corpus, tokenizer = prepare(cfg.data)
     examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
     model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
-    trainer = Trainer(
-        model, tokenizer, cfg.train, cfg.decode, run_dir=Path(cfg.run_dir), device=torch.device("cpu"), run_config={}
-    )
-    batches = token_batches(
-        [len(s) for s in examples.src],
-        [len(t) for t in examples.tgt],
-        batch_tokens=cfg.train.batch_tokens,
-        generator=torch.Generator().manual_seed(0),
-    )
+    learner = Learner(model, cfg.train, device=torch.device("cpu"))
+    lr = lr_at(cfg.train, cfg.train.warmup_steps + 1, 0.1)  # a mid-run learning rate
     real = slots = steps = 0
     start = None
-    for n, index in enumerate(batches):
-        batch = make_batch([examples.src[i] for i in index], [examples.tgt[i] for i in index])
+    for n, index in enumerate(
+        examples.batches(batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(0))
+    ):
+        batch = examples.batch(index)
         if n == cfg.bench.warmup_steps:
             start = time.perf_counter()
-        trainer.train_step(batch, progress=0.1)
+        learner.step(batch, lr)
         if start is not None:
             real += batch.ntokens
             slots += batch.tgt_out.numel()
@@ -79,7 +74,7 @@ def _throughput_worker(cfg: Config, variant: str, queue) -> None:
             "train_padding_fraction": 1 - real / slots,
             "train_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "train_measured_steps": steps,
-            "train_precision": trainer.precision,
+            "train_precision": learner.precision,
         }
     )
 
@@ -96,16 +91,15 @@ def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
 
 def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int, int8: bool = False) -> dict[str, float]:
     """Steady-state and whole-process decoding speed of the test split, and its BLEU."""
-    from translate.evaluation import score
+    from translate.evaluation import translate_split
     from translate.translator import Translator
 
     decode = replace(cfg.decode, beam_size=beam, int8=int8)
-    translator = Translator.from_checkpoint(str(checkpoint), decode)
+    translator = Translator.from_checkpoint(str(checkpoint), decode, device="cpu")
     list(translator.translate(test.src[:64]))  # warm-up
     start = time.perf_counter()
-    hyps = list(translator.translate(test.src))
+    hyps, bleu = translate_split(translator, test.src, test.tgt)  # scoring takes about 1% of this
     steady = time.perf_counter() - start
-    bleu = score(hyps, test.tgt)
 
     work = Path(cfg.run_dir)
     src_file = work / f"bench.{cfg.data.test_name}.{cfg.data.src_lang}"
@@ -154,10 +148,8 @@ def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
         "overwrite=true",
         "train.max_steps=null",
     ]
-    if cfg.data.path:
-        args.append(f"data.path={cfg.data.path}")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "translate", "train", *args], check=True)
+    train_subprocess(cfg, args)
     minutes = (time.perf_counter() - start) / 60
     direction = replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir))
     result = decoding(direction, load_corpus(direction.data).test, run_dir / "best.pt", beam=5)
@@ -167,6 +159,12 @@ def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
         "wall_minutes": minutes,
         "checkpoint": str(run_dir / "best.pt"),
     }
+
+
+def train_subprocess(cfg: Config, overrides: list[str]) -> None:
+    """`python -m translate train` on the benchmark's corpus, as a user runs it."""
+    data = [f"data.path={cfg.data.path}"] if cfg.data.path else []
+    subprocess.run([sys.executable, "-m", "translate", "train", *data, *overrides], check=True)
 
 
 def peer_joeynmt(cfg: Config) -> dict[str, float]:
@@ -212,66 +210,78 @@ def peer_joeynmt(cfg: Config) -> dict[str, float]:
     return out
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    from translate.cli import train
-
-    b = cfg.bench
+def run(cfg: Config, overrides: list[str] = ()) -> dict[str, Any]:
+    """Measure everything the bench settings ask for, phase by phase; bench.json is
+    rewritten after each, so a late failure keeps the earlier figures. `overrides` (the
+    command line's) shape the quick-mode model; time-to-BLEU runs train at the defaults."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fig: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_fast": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        },
-        "config": {
-            "model": asdict(cfg.model),
-            "batch_tokens": cfg.train.batch_tokens,
-            "precision": cfg.train.precision,
-            "quick": b.quick,
-        },
+    settings = {"batch_tokens": cfg.train.batch_tokens, "precision": cfg.train.precision, "quick": cfg.bench.quick}
+    fig: dict[str, Any] = {"machine": machine(), "config": {"model": asdict(cfg.model), **settings}}
+    phases = [throughput_figures, time_to_bleu_figures, lambda c, f: decoding_figures(c, f, overrides), peer_figures]
+    for phase in phases:
+        phase(cfg, fig)
+        save(fig, run_dir)
+    print(table(fig))
+    print(f"figures: {run_dir / 'bench.json'}")
+    return fig
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_fast": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
     }
-    for variant in b.variants:
-        log.info("training throughput: %s decoder, %.0f s", variant, b.throughput_seconds)
+
+
+def throughput_figures(cfg: Config, fig: dict[str, Any]) -> None:
+    for variant in cfg.bench.variants:
+        log.info("training throughput: %s decoder, %.0f s", variant, cfg.bench.throughput_seconds)
         for key, value in training_throughput(cfg, variant).items():
             fig[f"{key}_{variant}"] = value
     if f"train_tgt_tokens_per_s_{cfg.model.decoder}" in fig:  # the headline: the configured decoder
         fig["train_tgt_tokens_per_s"] = fig[f"train_tgt_tokens_per_s_{cfg.model.decoder}"]
-    save(fig, run_dir)
 
-    if not b.quick:
-        for direction in b.directions:
-            src, tgt = direction.split("-")
-            log.info("time-to-BLEU %s: %.0f minutes of training", direction, b.budget_minutes)
-            r = time_to_bleu(cfg, src, tgt)
-            suffix = "" if direction == "en-de" else f"_{src}_{tgt}"
-            fig[f"bleu_{cfg.data.test_name}{suffix}"] = r["bleu"]
-            fig[f"chrf_{cfg.data.test_name}{suffix}"] = r["chrf"]
-            fig[f"time_to_bleu{suffix}_detail"] = r
-            save(fig, run_dir)
 
-    checkpoint = Path(b.checkpoint) if b.checkpoint else None
-    if checkpoint is None:
-        ttb = fig.get("time_to_bleu_detail", {}).get("checkpoint")
-        checkpoint = Path(ttb) if ttb else Path(cfg.run_dir) / "best.pt"
-    if not checkpoint.is_file():
-        log.info("no checkpoint for the decoding figures: training one for %.0f minutes", b.quick_train_minutes)
-        quick_dir = Path(cfg.run_dir) / "quick"
-        train(
-            replace(
-                cfg,
-                run_dir=str(quick_dir),
-                overwrite=True,
-                train=replace(cfg.train, max_time=b.quick_train_minutes, max_steps=None),
-            )
-        )
-        checkpoint = quick_dir / "best.pt"
+def time_to_bleu_figures(cfg: Config, fig: dict[str, Any]) -> None:
+    if cfg.bench.quick:
+        return
+    for direction in cfg.bench.directions:
+        src, tgt = direction.split("-")
+        log.info("time-to-BLEU %s: %.0f minutes of training", direction, cfg.bench.budget_minutes)
+        r = time_to_bleu(cfg, src, tgt)
+        suffix = "" if direction == "en-de" else f"_{src}_{tgt}"
+        fig[f"bleu_{cfg.data.test_name}{suffix}"] = r["bleu"]
+        fig[f"chrf_{cfg.data.test_name}{suffix}"] = r["chrf"]
+        fig[f"time_to_bleu{suffix}_detail"] = r
+
+
+def decoding_checkpoint(cfg: Config, fig: dict[str, Any], overrides: list[str]) -> Path:
+    """bench.checkpoint, else the en-de time-to-BLEU model, else run_dir/best.pt, else one trained now."""
+    b = cfg.bench
+    if b.checkpoint:
+        return Path(b.checkpoint)
+    ttb = fig.get("time_to_bleu_detail", {}).get("checkpoint")
+    checkpoint = Path(ttb) if ttb else Path(cfg.run_dir) / "best.pt"
+    if checkpoint.is_file():
+        return checkpoint
+    log.info("no checkpoint for the decoding figures: training one for %.0f minutes", b.quick_train_minutes)
+    quick_dir = Path(cfg.run_dir) / "quick"
+    own = [o for o in overrides if not o.lstrip("+~").startswith(("bench.", "run_dir=", "schema=", "data.path="))]
+    budget = [f"train.max_time={b.quick_train_minutes}", "train.max_steps=null"]
+    train_subprocess(cfg, [*own, f"run_dir={quick_dir}", "overwrite=true", *budget])
+    return quick_dir / "best.pt"
+
+
+def decoding_figures(cfg: Config, fig: dict[str, Any], overrides: list[str]) -> None:
+    checkpoint = decoding_checkpoint(cfg, fig, overrides)
     fig["decode_checkpoint"] = str(checkpoint)
     test = load_corpus(cfg.data).test
     kinds = [("greedy", 1, False), ("beam5", 5, False)]
-    if b.int8:
+    if cfg.bench.int8:
         kinds += [("greedy_int8", 1, True), ("beam5_int8", 5, True)]
     for name, beam, int8 in kinds:
         log.info("decoding %s with %s", cfg.data.test_name, name)
@@ -285,27 +295,26 @@ def run(cfg: Config) -> dict[str, Any]:
         if f"{int8}bleu" in fig:
             fig[f"{int8}bleu_delta"] = fig[f"{int8}bleu"] - fig[f"{fp32}bleu"]
             fig[f"{int8}speedup"] = fig[f"{int8}sents_per_s"] / fig[f"{fp32}sents_per_s"]
-    save(fig, run_dir)
 
-    if b.peer:
-        if b.peer != "joeynmt":
-            raise ValueError(f"bench.peer must be joeynmt, not '{b.peer}'")
-        log.info("peer: JoeyNMT via %s", b.peer_kit)
-        fig.update(peer_joeynmt(cfg))
-        for ours, theirs in (
-            ("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),
-            ("decode_greedy_sents_per_s", "decode_greedy_sents_per_s"),
-            ("decode_beam5_sents_per_s", "decode_beam5_sents_per_s"),
-            ("decode_greedy_int8_sents_per_s", "decode_greedy_sents_per_s"),  # the peer decodes in fp32 only
-            ("decode_beam5_int8_sents_per_s", "decode_beam5_sents_per_s"),
-        ):
-            if ours in fig and f"peer_{theirs}" in fig:
-                fig[f"ratio_{ours}"] = fig[ours] / fig[f"peer_{theirs}"]
 
-    save(fig, run_dir)
-    print(table(fig))
-    print(f"figures: {run_dir / 'bench.json'}")
-    return fig
+# (our figure, the peer's figure) pairs whose ratio the benchmark reports
+RATIOS = (
+    ("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),
+    ("decode_greedy_sents_per_s", "decode_greedy_sents_per_s"),
+    ("decode_beam5_sents_per_s", "decode_beam5_sents_per_s"),
+    ("decode_greedy_int8_sents_per_s", "decode_greedy_sents_per_s"),  # the peer decodes in fp32 only
+    ("decode_beam5_int8_sents_per_s", "decode_beam5_sents_per_s"),
+)
+
+
+def peer_figures(cfg: Config, fig: dict[str, Any]) -> None:
+    if not cfg.bench.peer:  # BenchConfig allows joeynmt only
+        return
+    log.info("peer: JoeyNMT via %s", cfg.bench.peer_kit)
+    fig.update(peer_joeynmt(cfg))
+    for ours, theirs in RATIOS:
+        if ours in fig and f"peer_{theirs}" in fig:
+            fig[f"ratio_{ours}"] = fig[ours] / fig[f"peer_{theirs}"]
 
 
 def save(fig: dict[str, Any], run_dir: Path) -> None:

@@ -17,6 +17,7 @@ tensors and primitive containers, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -28,6 +29,8 @@ from typing import Any, BinaryIO
 import torch
 
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -107,3 +110,107 @@ def tokenizer_bytes(ckpt: dict[str, Any]) -> bytes:
 
 def bytes_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked; the message says what to do."""
+
+
+class RunFolder:
+    """A training run's folder: ``last.pt`` (state to resume from) and ``best.pt``.
+
+    :meth:`open` decides, before any work, what starting a run there means: a new run, a
+    resume from ``last.pt`` (same configuration), a refusal (another configuration), or a
+    fresh start over the old run (``overwrite``). The main process holds an OS lock on
+    ``.lock`` while the folder is open, so a second training into the same folder is
+    refused; the lock dies with its process, so a killed run leaves none behind.
+    Saves are atomic: a crash leaves the previous file whole.
+    """
+
+    def __init__(self, path: Path, identity: dict[str, Any], *, is_main: bool, resume: bool, lock) -> None:
+        self.path, self.identity, self.is_main, self.resume = path, identity, is_main, resume
+        self._lock = lock
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        identity: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        is_main: bool = True,
+        sync: Callable[[], None] = lambda: None,
+    ) -> RunFolder:
+        """Open `path` for a run of configuration `identity` (plain data).
+
+        Under torchrun every process calls this; `sync` (a barrier) lets them all read
+        ``last.pt`` before the main process may discard it."""
+        path = Path(path)
+        lock = _lock(path) if is_main else None
+        try:
+            last = path / "last.pt"
+            previous = load_checkpoint(last).get("run_config", {}) if last.exists() else None
+            sync()
+            resume = previous is not None and not overwrite
+            if previous is not None and overwrite:
+                log.warning("overwrite=true: discarding the run in %s", path)
+                if is_main:
+                    for name in ("last.pt", "best.pt"):
+                        (path / name).unlink(missing_ok=True)
+            elif resume and previous != identity:
+                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+                raise RunFolderError(
+                    f"{path} holds a run with a different configuration ({', '.join(changed[:8])}). "
+                    "Choose another run_dir=..., or pass overwrite=true to replace it."
+                )
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        return cls(path, identity, is_main=is_main, resume=resume, lock=lock)
+
+    def save(self, name: str, payload: dict[str, Any]) -> None:
+        """Atomically write `name` (best.pt or last.pt) with the run's configuration; main process only."""
+        if self.is_main:
+            save_checkpoint(self.path / name, {**payload, "run_config": self.identity})
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the lock
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _lock(folder: Path):
+    """Hold an exclusive, non-blocking flock on folder/.lock; refuse if another process holds it."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunFolderError(
+            f"{folder} is in use by {holder}: wait for it to finish, stop it, or choose another run_dir=..."
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    return f

@@ -3,7 +3,7 @@
 python -m translate train key=value ...     (make train ARGS="key=value ...")
 python -m translate bleu  key=value ...     (make bleu ARGS="...")
 python -m translate bench key=value ...     (make bench ARGS="...")
-translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--device cpu|cuda]
+translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--device auto|cpu|cuda] [--int8]
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import random
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
-
-if TYPE_CHECKING:
-    from translate.distributed import Group
 
 log = logging.getLogger("translate")
 
@@ -56,9 +53,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:
-    """The configuration that defines a run, as plain data (decode and bench settings excluded)."""
+    """The configuration that defines a run, as plain data (decode settings excluded)."""
     flat = _flatten(asdict(cfg))
-    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS and not k.startswith(("decode.", "bench."))}
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS and not k.startswith("decode.")}
 
 
 def setup_torch(cfg: Config) -> torch.device:
@@ -75,101 +72,88 @@ def train(cfg: Config) -> dict[str, Any]:
     Under torchrun (``torchrun --nproc_per_node=N -m translate train ...``) each process
     runs this with its share of the batches (translate/distributed.py)."""
     from translate import distributed
+    from translate.checkpoint import RunFolder
+    from translate.data import DataError, prepare, tokenize_pairs
+    from translate.learner import Learner
+    from translate.model import Seq2Seq, count_parameters
+    from translate.training import Interrupted, fit
 
     group, device = distributed.init(setup_torch(cfg))
+    sync = lambda: distributed.barrier(group)  # noqa: E731
     try:
-        return _train(cfg, group, device)
+        with RunFolder.open(
+            cfg.run_dir, run_identity(cfg), overwrite=cfg.overwrite, is_main=group.is_main, sync=sync
+        ) as run:
+            torch.manual_seed(cfg.train.seed)
+            random.seed(cfg.train.seed)
+            if not group.is_main:
+                sync()  # process 0 downloads and trains SentencePiece; the others then reuse them
+            corpus, tokenizer = prepare(cfg.data)
+            if group.is_main:
+                sync()
+            if not len(corpus.valid):  # found now, not after the first validation's worth of updates
+                where = cfg.data.path or cfg.data.hub_id
+                raise DataError(
+                    f"the validation split of {where} is empty: training needs it to choose best.pt "
+                    "(data.valid_split / data.valid_prefix)"
+                )
+            model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
+            log.info(
+                "model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
+                cfg.model.decoder,
+                cfg.model.attention,
+                count_parameters(model),
+                tokenizer.vocab_size,
+                device,
+            )
+            learner = Learner(model, cfg.train, device=device, group=group)
+            examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
+            progress = fit(learner, tokenizer, examples, corpus.valid, cfg=cfg.train, run=run, group=group)
+    except Interrupted as stop:
+        log.warning(
+            "stopped at step %d; %s holds the state: run the same command again to resume",
+            stop.step,
+            Path(cfg.run_dir) / "last.pt",
+        )
+        raise SystemExit(130) from None
     finally:
         distributed.shutdown(group)
-
-
-def _train(cfg: Config, group: Group, device: torch.device) -> dict[str, Any]:
-    from translate.checkpoint import load_checkpoint
-    from translate.data import prepare
-    from translate.distributed import barrier
-    from translate.model import Seq2Seq, count_parameters
-    from translate.training import Trainer, tokenize_pairs
-
-    run_dir = Path(cfg.run_dir)
-    identity = run_identity(cfg)
-    last = run_dir / "last.pt"
-    resume = False
-    if last.exists():
-        previous = load_checkpoint(last).get("run_config", {})
-        barrier(group)  # every process has read it before process 0 may delete it
-        if cfg.overwrite:
-            log.warning("overwrite=true: discarding the run in %s", run_dir)
-            for name in ("last.pt", "best.pt"):
-                if group.is_main:
-                    (run_dir / name).unlink(missing_ok=True)
-        elif previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise SystemExit(
-                f"error: {run_dir} holds a run with a different configuration ({', '.join(changed[:8])}). "
-                f"Choose another run_dir=..., or pass overwrite=true to replace it."
-            )
-        else:
-            resume = True
-
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    if not group.is_main:
-        barrier(group)  # process 0 downloads and trains SentencePiece; the others then reuse them
-    corpus, tokenizer = prepare(cfg.data)
-    if group.is_main:
-        barrier(group)
-    train_ex = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
-    model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
+    best = next((h for h in progress.history if h["step"] == progress.stopping.best_step), {})
     log.info(
-        "model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
-        cfg.model.decoder,
-        cfg.model.attention,
-        count_parameters(model),
-        tokenizer.vocab_size,
-        device,
+        "best validation BLEU %.2f at step %d -> %s",
+        progress.stopping.best_bleu,
+        progress.stopping.best_step,
+        Path(cfg.run_dir) / "best.pt",
     )
-    trainer = Trainer(
-        model, tokenizer, cfg.train, cfg.decode, run_dir=run_dir, device=device, run_config=identity, group=group
-    )
-    if resume:
-        trainer.resume(last)
-        if trainer.progress.done:
-            log.warning(
-                "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
-                "whose learning-rate schedule has run its course: pass a new run_dir=... to train a longer run, "
-                "or overwrite=true to train this one again",
-                run_dir,
-                trainer.progress.step,
-                trainer.progress.elapsed / 60,
-            )
-    if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
-        torch.manual_seed(cfg.train.seed + 7919 * group.rank + trainer.progress.step)
-    progress = trainer.fit(train_ex, corpus.valid)
-    if trainer.interrupted:
-        log.warning("stopped at step %d; %s holds the state: run the same command again to resume", progress.step, last)
-        raise SystemExit(130)
-    best = next((h for h in progress.history if h["step"] == progress.best_step), {})
-    log.info("best validation BLEU %.2f at step %d -> %s", progress.best_bleu, progress.best_step, run_dir / "best.pt")
     return best
 
 
 def bleu(cfg: Config) -> dict[str, float]:
-    """Decode the test split with the run's checkpoint and print sacreBLEU BLEU and chrF."""
+    """Decode the test split with the run's checkpoint and print sacreBLEU BLEU and chrF.
+
+    The score is printed whatever happens to the hypotheses file, whose folder is checked
+    before decoding."""
     from translate.data import load_corpus
-    from translate.evaluation import score
+    from translate.evaluation import translate_split
     from translate.translator import Translator
 
     device = setup_torch(cfg)
     ckpt = checkpoint_path(cfg)
-    corpus = load_corpus(cfg.data)
-    translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
-    hyps = list(progress_bar(translator.translate(corpus.test.src), total=len(corpus.test.src)))
     int8 = ".int8" if cfg.decode.int8 else ""
     out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{int8}.{cfg.data.tgt_lang}")
-    out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    s = score(hyps, corpus.test.tgt)
-    print(f"hypotheses: {out}")
+    writable = os.access(out.parent, os.W_OK)
+    if not writable:
+        log.warning("%s is not writable: the hypotheses will not be saved, the score is printed below", out.parent)
+    corpus = load_corpus(cfg.data)
+    translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
+    hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=True)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
+    if writable:
+        try:
+            out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+            print(f"hypotheses: {out}")
+        except OSError as err:
+            log.error("could not save the hypotheses to %s: %s", out, err)
     return {"bleu": s.bleu, "chrf": s.chrf}
 
 
@@ -181,12 +165,14 @@ def checkpoint_path(cfg: Config) -> Path:
     return path
 
 
-def bench(cfg: Config) -> dict:
+def bench(cfg) -> dict:
     """Throughput, decoding speed, time-to-BLEU and the peer side by side (translate/benchmark.py)."""
+    from hydra.core.hydra_config import HydraConfig
+
     from translate.benchmark import run
 
     setup_torch(cfg)
-    return run(cfg)
+    return run(cfg, overrides=list(HydraConfig.get().overrides.task))
 
 
 COMMANDS = {"train": train, "bleu": bleu, "bench": bench}
@@ -200,45 +186,22 @@ def hydra_main(command: str, argv: list[str]) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _main(dcfg) -> None:
-        from translate.checkpoint import CheckpointError
+        from translate.checkpoint import CheckpointError, RunFolderError
         from translate.data import DataError
         from translate.training import TrainingError
 
         try:
             COMMANDS[command](to_config(dcfg))
-        except (ConfigError, DataError, CheckpointError, TrainingError) as err:
+        except (ConfigError, DataError, CheckpointError, RunFolderError, TrainingError) as err:
             log.error("%s", err)
             raise SystemExit(f"error: {err}") from None
 
-    sys.argv = [f"translate {command}", *argv, f"hydra.job.name={command}"]
+    schema = ["schema=bench"] if command == "bench" else []
+    sys.argv = [f"translate {command}", *schema, *argv, f"hydra.job.name={command}"]
     _main()
 
 
 # ---- translate: text in, text out ------------------------------------------------------
-
-
-class InputError(Exception):
-    pass
-
-
-def read_input(stream, name: str, errors: str):
-    """Yield lines of a binary stream as text, without line ends; a bad byte names line and offset."""
-    for number, raw in enumerate(stream, 1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-            if not raw:  # a file holding only a byte-order mark holds no line
-                return
-        raw = raw.rstrip(b"\n").rstrip(b"\r")
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if errors == "replace":
-                yield raw.decode("utf-8", errors="replace")
-            else:
-                raise InputError(
-                    f"{name}: line {number}: invalid UTF-8 at byte {err.start} of the line; "
-                    "fix the encoding or pass --errors replace"
-                ) from None
 
 
 def progress_bar(lines, total: int | None = None):
@@ -261,7 +224,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="output file (default: stdout)")
     parser.add_argument("--beam", type=int, default=DecodeConfig.beam_size, help="beam size; 1 = greedy")
     parser.add_argument("--batch-size", type=int, default=DecodeConfig.batch_size, help="sentences per batch")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--device", default="auto", help="auto (cuda when there is one; cpu with --int8), cpu, cuda")
     parser.add_argument("--int8", action="store_true", help="decode with int8 matrix products (CPU only, faster)")
     parser.add_argument(
         "--errors",
@@ -273,22 +236,25 @@ def translate_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
 
     from translate.checkpoint import CheckpointError, atomic_write
+    from translate.data import DataError, iter_lines
     from translate.translator import Translator, device_for
 
     if args.beam < 1 or args.batch_size < 1:
         parser.error("--beam and --batch-size must be at least 1")
     try:
-        device = device_for(args.device)
+        device = device_for("cpu" if args.int8 and args.device == "auto" else args.device)
         cfg = replace(DecodeConfig(), beam_size=args.beam, batch_size=args.batch_size, int8=args.int8)
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
         src = open(args.input, "rb") if args.input else sys.stdin.buffer
         with src:
-            lines = progress_bar(translator.translate(read_input(src, args.input or "<stdin>", args.errors)))
+            hint = "; fix the encoding or pass --errors replace"
+            lines = iter_lines(src, args.input or "<stdin>", errors=args.errors, hint=hint)
+            lines = progress_bar(translator.translate(lines))
             if args.output:  # streamed into a temporary file, renamed when complete
                 atomic_write(args.output, lambda f: write_lines(f, lines))
             else:
                 write_lines(sys.stdout.buffer, lines)
-    except (CheckpointError, InputError, RuntimeError, OSError) as err:
+    except (CheckpointError, DataError, RuntimeError, OSError) as err:
         print(f"translate: error: {err}", file=sys.stderr)
         return 2
     return 0

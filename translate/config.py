@@ -1,19 +1,70 @@
-"""Typed configuration schemas.
+"""Typed configuration schemas, checked when they are built.
 
-Every default lives here, in one dataclass field. ``conf/`` mirrors these classes; Hydra
-validates each YAML file against them when the configuration is composed, so a
-misspelled or ill-typed key fails before any work starts. Only the command-line layer
-sees :class:`Config` whole; every other module takes the one part it needs.
+Every default lives here, in one dataclass field; the YAML files in ``conf/`` hold only
+what differs from these. Hydra types each key against the fields when the configuration
+is composed (a misspelled or ill-typed key fails there), and each dataclass checks its
+choices and ranges in ``__post_init__``, which runs when the command line turns the
+composed configuration into these objects, before any corpus is read. Each error names
+the key, the bad value and what is allowed. Only the command-line layer sees
+:class:`Config` whole; every other module takes the one part it needs.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+SCHEDULES = ("cosine", "linear", "rsqrt", "constant", "plateau")
+PRECISIONS = ("auto", "bf16", "fp32")
+FORMATS = ("auto", "hub", "text")
+SPM_TYPES = ("bpe", "unigram", "char", "word")
+PEERS = ("joeynmt",)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what is allowed."""
+
+
+class _Checked:
+    """Range and choice checks that name the key (``section.field``) and the bad value."""
+
+    section: ClassVar[str] = ""
+
+    def _fail(self, name: str, need: str) -> None:
+        key = f"{self.section}.{name}" if self.section else name
+        raise ConfigError(f"{key}={getattr(self, name)!r} is not allowed: {need}")
+
+    def _choice(self, name: str, allowed) -> None:
+        if getattr(self, name) not in allowed:
+            self._fail(name, f"choose one of {', '.join(allowed)}")
+
+    def _at_least(self, name: str, low: float, *, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        if value is None or not (value >= low and math.isfinite(value)):
+            self._fail(name, f"must be a number >= {low}" + (" (or null)" if optional else ""))
+
+    def _above(self, name: str, low: float, *, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        if value is None or not (value > low and math.isfinite(value)):
+            self._fail(name, f"must be a number > {low}" + (" (or null: no limit)" if optional else ""))
+
+    def _fraction(self, name: str, *, closed: bool) -> None:
+        value = getattr(self, name)
+        if not (0 <= value <= 1 if closed else 0 <= value < 1):
+            self._fail(name, f"must lie in [0, 1{']' if closed else ')'}")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Checked):
     """Where the parallel corpus comes from and how it is cut into subwords."""
+
+    section: ClassVar[str] = "data"
 
     name: str = "multi30k"  # names the artefact folder data/<name>/ and the run folder
     hub_id: str | None = "bentrevett/multi30k"  # datasets.load_dataset id, used when path is unset
@@ -32,14 +83,26 @@ class DataConfig:
     test_name: str = "test2016"  # how reports name the test split
     artefacts: str = "data"  # where the SentencePiece model is kept (data/<name>/)
     vocab_size: int = 8000  # joint SentencePiece vocabulary over source and target
-    spm_model_type: str = "bpe"  # bpe | unigram
+    spm_model_type: str = "bpe"  # bpe | unigram | char | word
     byte_fallback: bool = True  # unseen characters become byte pieces instead of <unk>
     max_len: int = 100  # training pairs with more subwords on either side are dropped
 
+    def __post_init__(self) -> None:
+        self._choice("format", FORMATS)
+        self._choice("spm_model_type", SPM_TYPES)
+        self._at_least("vocab_size", 8)  # 4 specials and a few pieces
+        self._at_least("max_len", 1)
+        if not self.name or "/" in self.name:
+            self._fail("name", "a non-empty folder name without '/'")
+        if self.src_lang == self.tgt_lang:
+            self._fail("tgt_lang", f"must differ from data.src_lang={self.src_lang!r}")
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Checked):
     """Attention GRU encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
+
+    section: ClassVar[str] = "model"
 
     emb_dim: int = 256
     enc_hidden: int = 512  # per direction; annotations are 2 * enc_hidden wide
@@ -47,20 +110,34 @@ class ModelConfig:
     enc_layers: int = 1
     dec_layers: int = 1
     decoder: str = "fused"  # fused (Luong/GNMT, one nn.GRU call) | input_feed (Bahdanau)
-    attention: str = "general"  # bahdanau | dot | general | scaled_dot | multihead
-    attn_dim: int = 512  # hidden size of additive / scaled / multi-head scoring
+    attention: str = "general"  # one of translate.attention.SCORES: bahdanau | dot | general | concat | ...
+    attn_dim: int = 512  # hidden size of additive / concat / scaled / multi-head scoring
     heads: int = 4  # multihead only
     dropout: float = 0.2
     tie_output: bool = True  # target embedding shared with the output layer
     share_embeddings: bool = True  # source and target embeddings shared (joint vocabulary)
 
+    def __post_init__(self) -> None:
+        from translate.attention import SCORES, check_dims
+        from translate.decoder import VARIANTS
+
+        for name in ("emb_dim", "enc_hidden", "dec_hidden", "enc_layers", "dec_layers", "attn_dim", "heads"):
+            self._at_least(name, 1)
+        self._fraction("dropout", closed=False)
+        self._choice("decoder", VARIANTS)
+        self._choice("attention", tuple(SCORES))
+        sizes = dict(query_dim=self.dec_hidden, key_dim=2 * self.enc_hidden, attn_dim=self.attn_dim, heads=self.heads)
+        check_dims(self.attention, **sizes)
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Checked):
+    section: ClassVar[str] = "train"
+
     seed: int = 1234
     batch_tokens: int = 1500  # padded tokens per batch, the longer side (length-bucketed)
-    max_time: float | None = None  # wall-clock budget in minutes (validation included)
-    max_steps: int | None = None
+    max_time: float | None = None  # wall-clock budget in minutes (validation included); null = none
+    max_steps: int | None = None  # null = none
     max_epochs: int = 100
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -75,28 +152,80 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive NaN/inf losses (updates skipped) before training stops
     label_smoothing: float = 0.1
     valid_every: int = 250  # steps between validations
-    valid_beam: int = 1  # beam used for validation BLEU (1 = greedy)
+    valid_beam: int = 1  # beam used for validation BLEU (1 = greedy); validation never uses decode.*
+    valid_batch_size: int = 64  # sentences per validation decoding batch
     patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
     log_every: int = 100
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    threads: int | None = None  # torch intra-op threads; null keeps torch's default
+
+    def __post_init__(self) -> None:
+        self._choice("schedule", SCHEDULES)
+        self._choice("precision", PRECISIONS)
+        for name in ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every"):
+            self._at_least(name, 1)
+        for name in ("valid_beam", "valid_batch_size"):
+            self._at_least(name, 1)
+        self._above("max_time", 0, optional=True)
+        self._at_least("max_steps", 1, optional=True)
+        self._at_least("threads", 1, optional=True)
+        self._above("lr", 0)
+        for name in ("warmup_steps", "weight_decay", "clip_norm", "patience"):
+            self._at_least(name, 0)
+        for name in ("adam_beta1", "adam_beta2", "label_smoothing"):
+            self._fraction(name, closed=False)
+        self._fraction("min_lr_ratio", closed=True)
+        if not 0 < self.plateau_factor <= 1:
+            self._fail("plateau_factor", "must lie in (0, 1]")
 
 
 @dataclass
-class DecodeConfig:
+class DecodeConfig(_Checked):
+    section: ClassVar[str] = "decode"
+
     beam_size: int = 5
     length_penalty: float = 1.0  # GNMT alpha; 0 = raw log-probability
     max_len_a: float = 1.5  # output length limit: a * source_length + b
     max_len_b: int = 10
-    n_best: int = 1
     batch_size: int = 64  # sentences per decoding batch
     int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
     checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
 
+    def __post_init__(self) -> None:
+        self._at_least("beam_size", 1)
+        self._at_least("batch_size", 1)
+        for name in ("length_penalty", "max_len_a", "max_len_b"):
+            self._at_least(name, 0)
+        if not self.checkpoint:
+            self._fail("checkpoint", "best, last or a path to a .pt file")
+
+
+def check_device(name: str, key: str = "device") -> str:
+    """auto | cpu | cuda | cuda:N, else a ConfigError naming `key`."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"{key}={name!r} is not allowed: choose auto, cpu, cuda or cuda:N")
+    return name
+
 
 @dataclass
-class BenchConfig:
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    run_dir: str = "runs/${data.name}.${data.src_lang}-${data.tgt_lang}"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    overwrite: bool = False  # allow a run into a folder that holds another config's run
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+
+
+@dataclass
+class BenchConfig(_Checked):
     """What `python -m translate bench` measures (see translate/benchmark.py)."""
+
+    section: ClassVar[str] = "bench"
 
     quick: bool = False  # throughputs and decoding speeds only, no time-to-BLEU runs
     peer: str | None = None  # joeynmt: measure the peer the way ../shared/peers/joeynmt does
@@ -111,36 +240,49 @@ class BenchConfig:
     quick_train_minutes: float = 3.0  # quick mode without a checkpoint trains one this long
     peer_train_seconds: int = 300  # peer throughput probe (quick); full mode trains it budget_minutes
 
+    def __post_init__(self) -> None:
+        from translate.decoder import VARIANTS
+
+        if self.peer is not None:
+            self._choice("peer", PEERS)
+        for variant in self.variants:
+            if variant not in VARIANTS:
+                self._fail("variants", f"each one of {', '.join(VARIANTS)}")
+        for direction in self.directions:
+            if not re.fullmatch(r"[^-\s]+-[^-\s]+", direction):
+                self._fail("directions", "each SRC-TGT, e.g. en-de")
+        for name in ("throughput_seconds", "budget_minutes", "quick_train_minutes", "peer_train_seconds"):
+            self._above(name, 0)
+        self._at_least("warmup_steps", 0)
+
 
 @dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+class BenchRunConfig(Config):
+    """The configuration of `python -m translate bench`: a run's, plus what to measure.
+
+    Training runs never carry bench settings (their schema is :class:`Config`)."""
+
     bench: BenchConfig = field(default_factory=BenchConfig)
-    run_dir: str = "runs/${data.name}.${data.src_lang}-${data.tgt_lang}"
-    device: str = "auto"  # auto | cpu | cuda
-    overwrite: bool = False  # allow a run into a folder that holds another config's run
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore, so `conf/config.yaml` is typed."""
+    """Register the schemas with Hydra's ConfigStore, so `conf/config.yaml` is typed.
+
+    ``schema=run`` (the default) types a training or decoding run; the bench command
+    composes with ``schema=bench``, which adds the ``bench`` section."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
-
-
-class ConfigError(ValueError):
-    """A configuration key the schema does not have."""
+    cs.store(group="schema", name="run", node=Config, package="_global_")
+    cs.store(group="schema", name="bench", node=BenchRunConfig, package="_global_")
 
 
 def to_config(dcfg) -> Config:
-    """A composed Hydra config -> :class:`Config`, refusing keys the dataclasses lack.
+    """A composed Hydra config -> :class:`Config` (or :class:`BenchRunConfig`), checked.
 
     Hydra rejects a misspelled key on its own; a key added with ``+key=value`` would
-    otherwise be dropped without a word.
+    otherwise be dropped without a word. Choices and ranges are checked by the
+    dataclasses' ``__post_init__`` as the objects are built.
     """
     from dataclasses import fields, is_dataclass
 
@@ -157,5 +299,5 @@ def to_config(dcfg) -> Config:
 
     plain = OmegaConf.to_container(dcfg, resolve=False)
     plain.pop("hydra", None)
-    check(plain, Config, "")
+    check(plain, OmegaConf.get_type(dcfg) or Config, "")
     return OmegaConf.to_object(dcfg)

@@ -11,9 +11,12 @@ Three sources, one result (:class:`Corpus`: aligned source and target lines per 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from translate.batching import Examples
 from translate.config import DataConfig
 from translate.tokenizer import Tokenizer, load_or_train
 
@@ -46,19 +49,30 @@ class Corpus:
     test: Split
 
 
+def iter_lines(stream: BinaryIO, name: str, *, errors: str = "strict", hint: str = "") -> Iterator[str]:
+    """Lines of a binary UTF-8 stream as text, without line ends (LF or CRLF) or a leading BOM.
+
+    A bad byte is a DataError naming the line and its offset (`hint` says what to do), or,
+    with ``errors="replace"``, becomes U+FFFD. Lines are split at LF only, as in the
+    files themselves: other Unicode line separators stay inside their line."""
+    for number, raw in enumerate(stream, 1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+            if not raw:  # a file holding only a byte-order mark holds no line
+                return
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if errors != "replace":
+                raise DataError(f"{name}: line {number}: invalid UTF-8 at byte {err.start} of the line{hint}") from None
+            yield raw.decode("utf-8", errors="replace")
+
+
 def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file, without line terminators; a bad byte names its line."""
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, line in enumerate(lines, 1):
-        try:
-            out.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {err.start} of the line") from None
-    return out
+    with open(path, "rb") as f:
+        return list(iter_lines(f, str(path)))
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> Split:
@@ -110,6 +124,23 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(split(cfg.train_split), split(cfg.valid_split), split(cfg.test_split))
 
 
+def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples:
+    """Tokenize a split, dropping empty pairs and pairs over `max_len` subwords (counted in the log)."""
+    src, tgt = tokenizer.encode(split.src), tokenizer.encode(split.tgt)
+    keep = [i for i in range(len(src)) if src[i] and tgt[i] and len(src[i]) <= max_len and len(tgt[i]) <= max_len]
+    empty = sum(1 for s, t in zip(src, tgt) if not s or not t)
+    if len(keep) < len(src):
+        log.info(
+            "dropped %d of %d pairs: %d empty, %d over %d subwords",
+            len(src) - len(keep),
+            len(src),
+            empty,
+            len(src) - len(keep) - empty,
+            max_len,
+        )
+    return Examples([src[i] for i in keep], [tgt[i] for i in keep])
+
+
 def prepare(cfg: DataConfig) -> tuple[Corpus, Tokenizer]:
     """The corpus and its joint SentencePiece model (trained once, kept in data/<name>/)."""
     corpus = load_corpus(cfg)
@@ -136,8 +167,6 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     hub-layout files with both languages, and as plain text files otherwise (Multi30k's
     fr and cs, for example, exist only as text).
     """
-    if cfg.format not in ("auto", "hub", "text"):
-        raise DataError(f"data.format must be auto, hub or text, not '{cfg.format}'")
     if cfg.path is not None and not Path(cfg.path).is_dir():
         raise DataError(f"data.path={cfg.path} is not a folder")
     if cfg.format == "text" or (cfg.format == "auto" and cfg.path and not _has_hub_layout(Path(cfg.path))):

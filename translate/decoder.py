@@ -28,8 +28,6 @@ from torch import nn
 from translate.attention import Attention, Memory
 from translate.config import ConfigError
 
-VARIANTS = ("fused", "input_feed")
-
 
 @dataclass
 class DecoderState:
@@ -40,9 +38,13 @@ class DecoderState:
 
 
 class Decoder(nn.Module):
+    """What both variants share: the bridge from the encoder, the combine and output layers.
+
+    A variant gives ``features`` (teacher-forced, whole target) and ``attend_step`` (one
+    step at inference)."""
+
     def __init__(
         self,
-        variant: str,
         embed: nn.Embedding,
         attention: Attention,
         *,
@@ -51,17 +53,16 @@ class Decoder(nn.Module):
         layers: int,
         dropout: float,
         tie_output: bool,
+        rnn_input: int,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ConfigError(f"model.decoder must be one of {', '.join(VARIANTS)}, not '{variant}'")
-        self.variant = variant
         self.embed = embed
         self.attention = attention
         self.layers, self.hidden = layers, hidden
         emb_dim, vocab = embed.embedding_dim, embed.num_embeddings
-        rnn_in = emb_dim + (attention.context_dim if variant == "input_feed" else 0)
-        self.rnn = nn.GRU(rnn_in, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = nn.GRU(
+            rnn_input, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.bridge = nn.Linear(enc_dim, layers * hidden)
         self.combine = nn.Linear(hidden + attention.context_dim, emb_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
@@ -80,34 +81,66 @@ class Decoder(nn.Module):
 
     def features(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         """Teacher-forced pass up to the output layer: tgt_in (B, T) -> (B, T, E), after dropout."""
-        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        if self.variant == "fused":
-            states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
-            context, _ = self.attention(states, memory)  # (B, T, C)
-            out = torch.tanh(self.combine(torch.cat([states, context], dim=-1)))
-        else:
-            outs = []
-            for t in range(tgt_in.size(1)):
-                o, state = self._input_feed_step(emb[:, t : t + 1], state, memory)
-                outs.append(o)
-            out = torch.cat(outs, dim=1)
-        return self.dropout(out)
+        raise NotImplementedError
+
+    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        """emb (B, 1, E) -> attentional output (B, 1, E), next state."""
+        raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         """tokens (B,) previous outputs -> logits (B, V), next state."""
-        emb = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
-        if self.variant == "fused":
-            s, hidden = self.rnn(emb, state.hidden)
-            context, _ = self.attention(s, memory)
-            out, state = torch.tanh(self.combine(torch.cat([s, context], dim=-1))), DecoderState(hidden)
-        else:
-            out, state = self._input_feed_step(emb, state, memory)
+        out, state = self.attend_step(self.embed(tokens).unsqueeze(1), state, memory)
         return self.output(out).squeeze(1), state
 
-    def _input_feed_step(
-        self, emb: torch.Tensor, state: DecoderState, memory: Memory
-    ) -> tuple[torch.Tensor, DecoderState]:
-        """emb (B, 1, E) -> attentional output (B, 1, E), next state."""
+    def _attentional(self, s: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """o = tanh(W_c [s; c]): (B, T, H), (B, T, C) -> (B, T, E)."""
+        return torch.tanh(self.combine(torch.cat([s, context], dim=-1)))
+
+
+class FusedDecoder(Decoder):
+    """Luong et al. 2015 / GNMT: the recurrence reads only the embeddings (one nn.GRU call in training)."""
+
+    def __init__(self, embed: nn.Embedding, attention: Attention, **sizes) -> None:
+        super().__init__(embed, attention, rnn_input=embed.embedding_dim, **sizes)
+
+    def features(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
+        context, _ = self.attention(states, memory)  # (B, T, C)
+        return self.dropout(self._attentional(states, context))
+
+    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        s, hidden = self.rnn(emb, state.hidden)
+        context, _ = self.attention(s, memory)
+        return self._attentional(s, context), DecoderState(hidden)
+
+
+class InputFeedDecoder(Decoder):
+    """Bahdanau et al. 2015: the previous state queries the annotations; the context enters the GRU."""
+
+    def __init__(self, embed: nn.Embedding, attention: Attention, **sizes) -> None:
+        super().__init__(embed, attention, rnn_input=embed.embedding_dim + attention.context_dim, **sizes)
+
+    def features(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
+        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        outs = []
+        for t in range(tgt_in.size(1)):
+            o, state = self.attend_step(emb[:, t : t + 1], state, memory)
+            outs.append(o)
+        return self.dropout(torch.cat(outs, dim=1))
+
+    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
         context, _ = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
         s, hidden = self.rnn(torch.cat([emb, context], dim=-1), state.hidden)  # (B, 1, H)
-        return torch.tanh(self.combine(torch.cat([s, context], dim=-1))), DecoderState(hidden)
+        return self._attentional(s, context), DecoderState(hidden)
+
+
+# model.decoder -> its class; the config checks choices against these keys
+VARIANTS: dict[str, type[Decoder]] = {"fused": FusedDecoder, "input_feed": InputFeedDecoder}
+
+
+def make_decoder(variant: str, embed: nn.Embedding, attention: Attention, **sizes) -> Decoder:
+    """sizes: enc_dim, hidden, layers, dropout, tie_output (keyword-only)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"model.decoder={variant!r} is not allowed: choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[variant](embed, attention, **sizes)

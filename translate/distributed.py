@@ -75,27 +75,35 @@ def barrier(group: Group) -> None:
         dist.barrier()
 
 
-def maximum(group: Group, *values: float) -> tuple[float, ...]:
-    """Each value's maximum over all processes (a collective: every process must call it)."""
+@dataclass(frozen=True)
+class Agreement:
+    """What every process knows after a training step, whatever happened in the others."""
+
+    elapsed: float  # seconds of training, by the slowest process's clock
+    nonfinite: bool  # some process saw a NaN or infinite loss or gradient: every process skips
+    stop: bool  # some process was asked to stop (Ctrl-C, SIGTERM)
+    tokens: int  # target tokens of this step, summed over the processes
+
+
+def agree(group: Group, *, elapsed: float, nonfinite: bool, stop: bool, tokens: int) -> Agreement:
+    """The one collective of a training step: every process calls it once per step, at the same place."""
     if not group.active:
-        return values
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=group.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return tuple(t.tolist())
+        return Agreement(elapsed, nonfinite, stop, tokens)
+    mine = torch.tensor([elapsed, nonfinite, stop, tokens], dtype=torch.float64, device=group.device)
+    rows = [torch.empty_like(mine) for _ in range(group.world_size)]
+    dist.all_gather(rows, mine)
+    every = torch.stack(rows)  # (world, 4)
+    high = every.max(dim=0).values.tolist()
+    return Agreement(high[0], high[1] > 0, high[2] > 0, int(every[:, 3].sum().item()))
 
 
 def any_of(group: Group, *flags: bool) -> tuple[bool, ...]:
     """Each flag, true if it is true in any process (a collective: every process must call it)."""
-    return tuple(bool(v) for v in maximum(group, *flags))
-
-
-def total(group: Group, value: int) -> int:
-    """The sum of an integer over all processes."""
     if not group.active:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=group.device)
-    dist.all_reduce(t)
-    return int(t.item())
+        return tuple(bool(v) for v in flags)
+    t = torch.tensor([float(v) for v in flags], dtype=torch.float64, device=group.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
 
 
 def shard(batches: list, group: Group) -> list:

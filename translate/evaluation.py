@@ -1,10 +1,14 @@
-"""sacreBLEU (Post 2018) on detokenized hypotheses against the raw references."""
+"""Scores: sacreBLEU (Post 2018) on detokenized hypotheses against the raw references,
+and the validation metrics training reads (loss, perplexity, BLEU, chrF)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 
@@ -37,3 +41,57 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
         str(chrf.get_signature()),
         b.format(width=2).split(" = ", 1)[1].split(" ", 1)[1],  # precisions, BP, lengths
     )
+
+
+def translate_split(
+    translator, src: Sequence[str], refs: Sequence[str], *, progress: bool = False
+) -> tuple[list[str], Scores]:
+    """Decode `src` with a Translator and score it against `refs`; returns (hypotheses, scores)."""
+    lines = translator.translate(src)
+    if progress:
+        from tqdm import tqdm
+
+        lines = tqdm(lines, total=len(src), unit=" lines", desc="translate", disable=None, leave=False)
+    hyps = list(lines)
+    return hyps, score(hyps, refs)
+
+
+def validation_batches(tokenizer, src: Sequence[str], tgt: Sequence[str], *, batch_tokens: int, device) -> list:
+    """Every pair of a validation split (none dropped) in token-budget batches, on `device`."""
+    from translate.batching import Examples
+
+    examples = Examples(tokenizer.encode(list(src)), tokenizer.encode(list(tgt)))
+    return [examples.batch(index).to(device) for index in examples.batches(batch_tokens=batch_tokens)]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    src: Sequence[str],
+    refs: Sequence[str],
+    *,
+    batches: list,
+    search,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, float]:
+    """Validation metrics of `model`: teacher-forced loss and perplexity over `batches`, and
+    BLEU / chrF of `src` decoded with the search settings `search` (a DecodeConfig)."""
+    from translate.translator import Translator
+
+    model.eval()
+    nll_sum, ntok = 0.0, 0
+    for batch in batches:
+        with autocast():
+            nll_sum += float(model.loss(batch)[1])
+        ntok += batch.ntokens
+    with autocast():
+        _, s = translate_split(Translator(model, tokenizer, search), src, refs)
+    loss = nll_sum / max(ntok, 1)
+    return {
+        "valid_loss": loss,
+        "valid_ppl": math.exp(min(loss, 50)),
+        "valid_bleu": s.bleu,
+        "valid_chrf": s.chrf,
+        "bleu_signature": s.bleu_signature,
+    }

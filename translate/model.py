@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from translate.attention import Attention, Memory
+from translate.attention import Memory, make_attention
 from translate.batching import Batch
 from translate.config import ModelConfig
-from translate.decoder import Decoder, DecoderState
+from translate.decoder import DecoderState, make_decoder
 from translate.encoder import Encoder
+from translate.loss import output_layer_loss
 from translate.tokenizer import PAD
 
 Reorderable = TypeVar("Reorderable", Memory, DecoderState)
@@ -33,14 +34,14 @@ class Seq2Seq(nn.Module):
         tgt_embed = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.encoder = Encoder(src_embed, hidden=cfg.enc_hidden, layers=cfg.enc_layers, dropout=cfg.dropout)
-        attention = Attention(
+        attention = make_attention(
             cfg.attention,
             query_dim=cfg.dec_hidden,
             key_dim=self.encoder.out_dim,
             attn_dim=cfg.attn_dim,
             heads=cfg.heads,
         )
-        self.decoder = Decoder(
+        self.decoder = make_decoder(
             cfg.decoder,
             tgt_embed,
             attention,
@@ -93,6 +94,16 @@ class Seq2Seq(nn.Module):
     @property
     def output_weight(self) -> torch.Tensor:
         return self.decoder.output.weight
+
+    def loss(
+        self, batch: Batch, *, label_smoothing: float = 0.0, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label-smoothed loss, nll), summed over the batch's target tokens, in fp32.
+
+        `features` (B, T, E) when already computed (under DDP they come from the wrapper)."""
+        if features is None:
+            features = self.features(batch)
+        return output_layer_loss(features, self.output_weight, batch.tgt_out, label_smoothing)
 
 
 def count_parameters(model: nn.Module) -> int:

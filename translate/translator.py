@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from translate.batching import make_batch
-from translate.checkpoint import load_checkpoint, tokenizer_bytes
+from translate.checkpoint import CheckpointError, load_checkpoint, tokenizer_bytes
 from translate.config import DecodeConfig, ModelConfig
 from translate.model import Seq2Seq
 from translate.search import beam_search, greedy_search
@@ -36,11 +36,15 @@ class Translator:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str, cfg: DecodeConfig, device: str = "cpu") -> Translator:
+    def from_checkpoint(cls, path: str, cfg: DecodeConfig, device: str = "auto") -> Translator:
+        """The model and tokenizer of a checkpoint file, on `device` (auto: cuda when there is one)."""
         ckpt = load_checkpoint(path)
-        model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
-        model.load_state_dict(ckpt["model"])
-        return cls(model.to(device), Tokenizer(tokenizer_bytes(ckpt)), cfg)
+        try:
+            model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
+            model.load_state_dict(ckpt["model"])
+        except (TypeError, ValueError, RuntimeError) as err:  # unknown keys, bad choices, mismatched tensors
+            raise CheckpointError(f"{path}: its model does not fit this translate ({err})") from None
+        return cls(model.to(device_for(device)), Tokenizer(tokenizer_bytes(ckpt)), cfg)
 
     def translate(self, lines: Iterable[str], *, first_line: int = 1) -> Iterator[str]:
         """Yield exactly one translation (without newline) per input line, in order."""

@@ -1,0 +1,94 @@
+"""The model's updates: forward and backward under the chosen precision, then Adam.
+
+A :class:`Learner` owns the optimizer and the DDP wrapper; what it saves and restores
+for a resumed run (optimizer, RNG states, the loop's progress) is plain data and tensors.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from translate.batching import Batch
+from translate.config import TrainConfig
+from translate.distributed import SINGLE, Group, wrap
+from translate.model import Seq2Seq
+from translate.precision import autocast_for, resolve_precision
+
+
+class NoTrainingState(RuntimeError):
+    """A checkpoint without the state a resumed run needs."""
+
+
+@dataclass
+class StepResult:
+    tokens: int  # real target tokens in the batch
+    nll: float  # per-token negative log-likelihood, before the update
+    finite: bool  # loss and gradient norm are finite
+
+
+class Learner:
+    """The model's updates: forward and backward under the chosen precision, then Adam.
+
+    :meth:`backward` and :meth:`update` (or :meth:`skip`) are separate so that torchrun's
+    processes can agree between them whether the step is taken; :meth:`step` does both
+    for a single process."""
+
+    def __init__(self, model: Seq2Seq, cfg: TrainConfig, *, device: torch.device, group: Group = SINGLE) -> None:
+        self.model, self.cfg, self.device, self.group = model, cfg, device, group
+        self.net = wrap(model, group)  # model.features, under DDP when distributed
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        )
+        self.precision = resolve_precision(cfg.precision, device)
+
+    def autocast(self):
+        return autocast_for(self.precision, self.device)
+
+    def backward(self, batch: Batch) -> StepResult:
+        self.net.train()
+        batch = batch.to(self.device)
+        with self.autocast():
+            features = self.net(batch)
+        loss, nll = self.model.loss(batch, label_smoothing=self.cfg.label_smoothing, features=features)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.ntokens).backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
+        finite = bool(torch.isfinite(loss) and torch.isfinite(norm))
+        return StepResult(batch.ntokens, nll.item() / batch.ntokens, finite)
+
+    def update(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, batch: Batch, lr: float) -> StepResult:
+        result = self.backward(batch)
+        self.update(lr) if result.finite else self.skip()
+        return result
+
+    def state(self, progress) -> dict[str, Any]:
+        """What last.pt holds besides the weights, as plain data and tensors; `progress` is a dataclass."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(progress),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """Load weights, optimizer and RNG states from a last.pt; returns its saved progress (a dict)."""
+        state = ckpt.get("train_state")
+        if not state:
+            raise NoTrainingState("it holds no training state to resume from (a best.pt-style file)")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        return state["progress"]
