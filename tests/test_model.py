@@ -141,3 +141,20 @@ def test_fused_output_loss_matches_the_plain_loss_and_its_gradients(epsilon, mon
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
     assert torch.all(grads[0][1, 4:] == 0)  # padding positions get no gradient
+
+
+def test_cosine_attention_reads_directions_not_lengths():
+    torch.manual_seed(2)
+    attn = make_attention("cosine", query_dim=16, key_dim=16, attn_dim=16)
+    keys, query = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    _, weights = attn(query, attn.precompute(keys, mask))
+    longer = keys * (torch.rand(2, 5, 1) * 10 + 0.1)  # each annotation stretched by its own factor
+    _, stretched = attn(query * 7, attn.precompute(longer, mask))
+    torch.testing.assert_close(stretched, weights)
+    scores = attn.scores(query, attn.keys(keys))
+    assert scores.abs().max() <= 16**0.5 + 1e-4  # |cos| <= 1, times g sqrt(d) with g = 1 at the start
+    general = make_attention("general", query_dim=16, key_dim=16, attn_dim=16)
+    _, a = general(query, general.precompute(keys, mask))
+    _, b = general(query * 7, general.precompute(longer, mask))
+    assert not torch.allclose(a, b, atol=1e-3)  # the control: a dot-product score does read lengths

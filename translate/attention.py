@@ -8,6 +8,8 @@ For a decoder query q (B, T, Dq) and annotations h_1..h_S (B, S, Dk):
     scaled_dot           (Vaswani et al. 2017, 3.2.1):    score = (W_q q)^T (W_k h) / sqrt(d)
     multihead            (Vaswani et al. 2017, 3.2.2):    `heads` scaled-dot heads over
                           values W_v h, concatenated and projected by W_o
+    cosine               (Graves et al. 2014, sec. 3.3.1; Henry et al. 2020):
+                          score = g sqrt(d) cos(W_q q, W_k h), g learned (starts at 1)
 
     a = softmax(score) over the unpadded source positions; context = sum_s a_s v_s
 
@@ -180,6 +182,26 @@ class MultiHead(ScaledDot):
         return self.out_proj(context), weights.mean(1)
 
 
+class Cosine(ScaledDot):
+    """Cosine similarity of projected query and key, times a learned scale g sqrt(d).
+
+    Content addressing in Graves et al. 2014 (sec. 3.3.1) uses the cosine with a sharpening
+    factor; Henry et al. 2020 ("Query-Key Normalization") learn that factor. Normalizing
+    bounds the scores, so no key can dominate by its length alone. g = exp(log_scale)
+    starts at 1 (the model zero-initializes 0-d parameters)."""
+
+    def __init__(self, *, query_dim: int, key_dim: int, attn_dim: int, heads: int) -> None:
+        super().__init__(query_dim=query_dim, key_dim=key_dim, attn_dim=attn_dim, heads=heads)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def keys(self, annotations: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.key_proj(annotations), dim=-1)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        q = F.normalize(self.query_proj(query), dim=-1)
+        return (self.log_scale.exp() * math.sqrt(q.size(-1))) * (q @ keys.transpose(1, 2))
+
+
 # model.attention -> its class; the config checks choices against these keys
 SCORES: dict[str, type[Attention]] = {
     "bahdanau": Additive,
@@ -188,6 +210,7 @@ SCORES: dict[str, type[Attention]] = {
     "general": General,
     "scaled_dot": ScaledDot,
     "multihead": MultiHead,
+    "cosine": Cosine,
 }
 
 

@@ -110,8 +110,8 @@ class ModelConfig(_Checked):
     enc_layers: int = 1
     dec_layers: int = 1
     decoder: str = "fused"  # fused (Luong/GNMT, one nn.GRU call) | input_feed (Bahdanau)
-    attention: str = "general"  # one of translate.attention.SCORES: bahdanau | dot | general | concat | ...
-    attn_dim: int = 512  # hidden size of additive / concat / scaled / multi-head scoring
+    attention: str = "general"  # translate.attention.SCORES: bahdanau | dot | general | scaled_dot | multihead | cosine
+    attn_dim: int = 512  # hidden size of additive / scaled / multi-head / cosine scoring
     heads: int = 4  # multihead only
     dropout: float = 0.2
     tie_output: bool = True  # target embedding shared with the output layer
