@@ -37,8 +37,10 @@ def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(caplog):
 
 
 def loss_of(learner: Learner, batch, autocast: bool = True) -> float:
-    with torch.no_grad(), learner.autocast() if autocast else nullcontext():
-        return float(learner.model.eval().loss(batch)[1]) / batch.ntokens
+    with torch.no_grad():
+        with learner.autocast() if autocast else nullcontext():
+            features = learner.model.eval().features(batch)
+        return float(learner.model.loss(batch, features=features)[1]) / batch.ntokens
 
 
 def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(tmp_path):

@@ -83,7 +83,8 @@ def evaluate(
     nll_sum, ntok = 0.0, 0
     for batch in batches:
         with autocast():
-            nll_sum += float(model.loss(batch)[1])
+            features = model.features(batch)
+        nll_sum += float(model.loss(batch, features=features)[1])  # the loss in fp32, as in training
         ntok += batch.ntokens
     with autocast():
         _, s = translate_split(Translator(model, tokenizer, search), src, refs)
