@@ -20,7 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -43,11 +46,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write` on a temporary binary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Call `write` on a temporary binary file beside `path`, then rename it over `path`.
+
+    For regular files (and new ones): a replaced file keeps its mode, a new one gets the
+    umask's; a symlink's target is what gets replaced, the link stays. The folder must exist."""
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -69,21 +81,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no model file at {path}")
+    verify_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path} holds objects other than tensors and plain data, so it was not loaded "
-            f"(loading it could run code): {str(err).splitlines()[0][:200]}"
+            f"{path} holds a pickled object{what} besides tensors and plain data, so it was refused: loading "
+            "it could run code. A translate model file never holds one; do not use this file."
         ) from None
     except Exception as err:  # torch raises many kinds on damaged files: zip, key, EOF, runtime
         raise CheckpointError(
-            f"{path} is truncated or corrupted ({type(err).__name__}): not a translate model file"
+            f"{path} is truncated or corrupted ({type(err).__name__}): not a usable translate model file"
         ) from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a translate model file (no format_version)")
     version = ckpt["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} has format version {version!r}, which no translate writes: a damaged file")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {version}, newer than this translate reads "
             f"({FORMAT_VERSION}): upgrade translate"
@@ -91,7 +108,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("model_config", "vocab_size", "tokenizer", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path} lacks '{key}': not a complete translate model file")
+    check_weights(path, ckpt["model"])
     return ckpt
+
+
+def verify_archive(path: Path) -> None:
+    """Check every part of the file against the checksum the zip archive stores (torch.load does not)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupted ({err}): not a usable translate model file") from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its part '{bad}' does not match its checksum (the file changed after it was "
+            "written, e.g. a bad disk or copy); use another copy of the model"
+        )
+
+
+def check_weights(path: Path, state: dict[str, Any]) -> None:
+    """Refuse weights that hold NaN or infinite values: such a model translates into garbage or nothing."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'model' is not a table of weights: not a translate model file")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: weight '{name}' is not a tensor: not a translate model file")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: weight '{name}' holds NaN or infinite values (a diverged run or a damaged file); "
+                "use another checkpoint"
+            )
 
 
 def model_payload(model, tokenizer) -> dict[str, Any]:
@@ -156,6 +202,8 @@ class RunFolder:
         path = Path(path)
         lock = _lock(path) if is_main else None
         try:
+            if is_main:
+                _remove_leftovers(path)
             last = path / "last.pt"
             previous = load_checkpoint(last).get("run_config", {}) if last.exists() else None
             sync()
@@ -178,9 +226,19 @@ class RunFolder:
         return cls(path, identity, is_main=is_main, resume=resume, lock=lock)
 
     def save(self, name: str, payload: dict[str, Any]) -> None:
-        """Atomically write `name` (best.pt or last.pt) with the run's configuration; main process only."""
-        if self.is_main:
+        """Atomically write `name` (best.pt or last.pt) with the run's configuration; main process only.
+
+        A failure (a full disk, a read-only folder) leaves the previous file whole and
+        becomes a CheckpointError that says so."""
+        if not self.is_main:
+            return
+        try:
             save_checkpoint(self.path / name, {**payload, "run_config": self.identity})
+        except OSError as err:
+            raise CheckpointError(
+                f"could not save {self.path / name}: {err.strerror or err}. The previous {name}, if any, is "
+                "kept whole; make room (or fix the folder) and run the same command again to resume from it"
+            ) from None
 
     def close(self) -> None:
         if self._lock is not None:
@@ -192,6 +250,13 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of saves that a killed run never finished (we hold the folder's lock)."""
+    for tmp in folder.glob(".*.pt.*.tmp"):
+        log.info("removing %s, left by an interrupted save", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _lock(folder: Path):

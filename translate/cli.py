@@ -131,8 +131,9 @@ def train(cfg: Config) -> dict[str, Any]:
 def bleu(cfg: Config) -> dict[str, float]:
     """Decode the test split with the run's checkpoint and print sacreBLEU BLEU and chrF.
 
-    The score is printed whatever happens to the hypotheses file, whose folder is checked
-    before decoding."""
+    Where the hypotheses go is checked before decoding, and the score is printed whatever
+    happens to that file; a file that could not be saved makes the exit status 1."""
+    from translate.checkpoint import load_checkpoint
     from translate.data import load_corpus
     from translate.evaluation import translate_split
     from translate.translator import Translator
@@ -141,20 +142,44 @@ def bleu(cfg: Config) -> dict[str, float]:
     ckpt = checkpoint_path(cfg)
     int8 = ".int8" if cfg.decode.int8 else ""
     out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{int8}.{cfg.data.tgt_lang}")
-    writable = os.access(out.parent, os.W_OK)
-    if not writable:
-        log.warning("%s is not writable: the hypotheses will not be saved, the score is printed below", out.parent)
+    problem = output_problem(out)
+    if problem:
+        log.warning("%s: the hypotheses will not be saved; the score is printed all the same", problem)
+    trained = load_checkpoint(ckpt).get("run_config", {})
+    pair = (trained.get("data.src_lang"), trained.get("data.tgt_lang"))
+    if None not in pair and pair != (cfg.data.src_lang, cfg.data.tgt_lang):
+        log.warning(
+            "%s was trained for %s-%s, not %s-%s: expect a score near 0",
+            ckpt,
+            *pair,
+            cfg.data.src_lang,
+            cfg.data.tgt_lang,
+        )
     corpus = load_corpus(cfg.data)
     translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
     hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=True)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
-    if writable:
+    if not problem:
         try:
             out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
             print(f"hypotheses: {out}")
+            return {"bleu": s.bleu, "chrf": s.chrf}
         except OSError as err:
-            log.error("could not save the hypotheses to %s: %s", out, err)
-    return {"bleu": s.bleu, "chrf": s.chrf}
+            problem = f"could not save the hypotheses to {out}: {err.strerror or err}"
+    raise SystemExit(f"error: {problem}")
+
+
+def output_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (tried with a temporary file beside it), or None."""
+    import tempfile
+
+    if path.is_dir():
+        return f"{path} is a folder"
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            return None
+    except OSError as err:
+        return f"{path.parent} is not writable ({err.strerror or err})"
 
 
 def checkpoint_path(cfg: Config) -> Path:
@@ -211,21 +236,26 @@ def progress_bar(lines, total: int | None = None):
     return tqdm(lines, total=total, unit=" lines", desc="translate", disable=None, file=sys.stderr, leave=False)
 
 
-def write_lines(f, lines) -> None:
-    for line in lines:
-        f.write(line.encode("utf-8") + b"\n")
-    f.flush()
-
-
 def translate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="translate", description="Translate a text file line by line.")
     parser.add_argument("--model", required=True, help="checkpoint file (best.pt)")
-    parser.add_argument("input", nargs="?", help="input text file (default: stdin)")
-    parser.add_argument("-o", "--output", help="output file (default: stdout)")
+    parser.add_argument("input", nargs="?", help="input text file (default, or -: stdin)")
+    parser.add_argument("-o", "--output", help="output file (default, or -: stdout); replaced only when complete")
     parser.add_argument("--beam", type=int, default=DecodeConfig.beam_size, help="beam size; 1 = greedy")
-    parser.add_argument("--batch-size", type=int, default=DecodeConfig.batch_size, help="sentences per batch")
+    parser.add_argument("--batch-size", type=int, default=DecodeConfig.batch_size, help="sentences per batch, at most")
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=DecodeConfig.batch_tokens,
+        help="beam rows x source subwords per batch, at most: bounds memory",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when there is one; cpu with --int8), cpu, cuda")
     parser.add_argument("--int8", action="store_true", help="decode with int8 matrix products (CPU only, faster)")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="translate and flush each line as it arrives (on by itself when stdin is a terminal)",
+    )
     parser.add_argument(
         "--errors",
         choices=("strict", "replace"),
@@ -235,26 +265,34 @@ def translate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
 
-    from translate.checkpoint import CheckpointError, atomic_write
-    from translate.data import DataError, iter_lines
+    from translate.checkpoint import CheckpointError
+    from translate.textfile import LineError, iter_lines, write_lines, write_output
     from translate.translator import Translator, device_for
 
-    if args.beam < 1 or args.batch_size < 1:
-        parser.error("--beam and --batch-size must be at least 1")
+    if min(args.beam, args.batch_size, args.batch_tokens) < 1:
+        parser.error("--beam, --batch-size and --batch-tokens must be at least 1")
+    reading_stdin = args.input in (None, "-")
+    stream = args.stream or (reading_stdin and sys.stdin.isatty())
     try:
         device = device_for("cpu" if args.int8 and args.device == "auto" else args.device)
-        cfg = replace(DecodeConfig(), beam_size=args.beam, batch_size=args.batch_size, int8=args.int8)
+        sizes = dict(beam_size=args.beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+        cfg = replace(DecodeConfig(), **sizes, int8=args.int8)
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
-        src = open(args.input, "rb") if args.input else sys.stdin.buffer
+        src = sys.stdin.buffer if reading_stdin else open(args.input, "rb")
         with src:
             hint = "; fix the encoding or pass --errors replace"
-            lines = iter_lines(src, args.input or "<stdin>", errors=args.errors, hint=hint)
-            lines = progress_bar(translator.translate(lines))
-            if args.output:  # streamed into a temporary file, renamed when complete
-                atomic_write(args.output, lambda f: write_lines(f, lines))
-            else:
-                write_lines(sys.stdout.buffer, lines)
-    except (CheckpointError, DataError, RuntimeError, OSError) as err:
+            lines = iter_lines(src, "<stdin>" if reading_stdin else args.input, errors=args.errors, hint=hint)
+            lines = translator.translate(lines, chunk_lines=1 if stream else None)
+            if not stream:
+                lines = progress_bar(lines)
+            write_output(args.output or "-", lambda f: write_lines(f, lines, flush_each=stream))
+    except KeyboardInterrupt:
+        print("translate: interrupted; an -o file is left as it was", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (| head): end quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (CheckpointError, LineError, RuntimeError, OSError) as err:
         print(f"translate: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -187,13 +187,16 @@ class DecodeConfig(_Checked):
     length_penalty: float = 1.0  # GNMT alpha; 0 = raw log-probability
     max_len_a: float = 1.5  # output length limit: a * source_length + b
     max_len_b: int = 10
-    batch_size: int = 64  # sentences per decoding batch
+    batch_size: int = 64  # sentences per decoding batch, at most
+    # and at most this many beam rows x source subwords per batch, which bounds decoding memory (README)
+    batch_tokens: int = 20000
     int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
     checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
 
     def __post_init__(self) -> None:
         self._at_least("beam_size", 1)
         self._at_least("batch_size", 1)
+        self._at_least("batch_tokens", 1)
         for name in ("length_penalty", "max_len_a", "max_len_b"):
             self._at_least(name, 0)
         if not self.checkpoint:

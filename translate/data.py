@@ -11,13 +11,12 @@ Three sources, one result (:class:`Corpus`: aligned source and target lines per 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from translate.batching import Examples
 from translate.config import DataConfig
+from translate.textfile import LineError, iter_lines
 from translate.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
@@ -49,30 +48,13 @@ class Corpus:
     test: Split
 
 
-def iter_lines(stream: BinaryIO, name: str, *, errors: str = "strict", hint: str = "") -> Iterator[str]:
-    """Lines of a binary UTF-8 stream as text, without line ends (LF or CRLF) or a leading BOM.
-
-    A bad byte is a DataError naming the line and its offset (`hint` says what to do), or,
-    with ``errors="replace"``, becomes U+FFFD. Lines are split at LF only, as in the
-    files themselves: other Unicode line separators stay inside their line."""
-    for number, raw in enumerate(stream, 1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-            if not raw:  # a file holding only a byte-order mark holds no line
-                return
-        raw = raw.rstrip(b"\n").rstrip(b"\r")
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if errors != "replace":
-                raise DataError(f"{name}: line {number}: invalid UTF-8 at byte {err.start} of the line{hint}") from None
-            yield raw.decode("utf-8", errors="replace")
-
-
 def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file, without line terminators; a bad byte names its line."""
     with open(path, "rb") as f:
-        return list(iter_lines(f, str(path)))
+        try:
+            return list(iter_lines(f, str(path)))
+        except LineError as err:
+            raise DataError(str(err)) from None
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> Split:
@@ -96,6 +78,10 @@ def _text_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(split(cfg.train_prefix), split(cfg.valid_prefix), split(cfg.test_prefix))
 
 
+def first_line(err: BaseException, width: int = 300) -> str:
+    return (str(err).splitlines() or [""])[0][:width]
+
+
 def _hub_corpus(cfg: DataConfig) -> Corpus:
     source = cfg.path if cfg.path else cfg.hub_id
     if not source:
@@ -105,9 +91,15 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
 
         datasets.logging.set_verbosity_error()
         ds = datasets.load_dataset(source)
-    except (ConnectionError, OSError) as err:  # the hub unreachable, or a name it does not know
+    except Exception as err:  # the hub unreachable, a name it does not know, a file it cannot parse
+        if cfg.path:
+            raise DataError(
+                f"could not read the dataset in {source} ({type(err).__name__}: {first_line(err)}): "
+                "check its files (one JSON object per line for .jsonl), or use plain <split>.<lang> text files "
+                "with data.format=text"
+            ) from None
         raise DataError(
-            f"could not load dataset '{source}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"could not load dataset '{source}' ({type(err).__name__}: {first_line(err)}). "
             "If this machine is offline, point data.path at a local copy (hub layout or plain "
             "<split>.<lang> text files), e.g. data.path=../shared/data/multi30k"
         ) from None
@@ -138,12 +130,22 @@ def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples
             len(src) - len(keep) - empty,
             max_len,
         )
+    if not keep:
+        raise DataError(
+            f"no usable training pair: all {len(src)} are empty on a side or longer than data.max_len={max_len} "
+            "subwords; check the corpus or raise data.max_len"
+        )
     return Examples([src[i] for i in keep], [tgt[i] for i in keep])
 
 
 def prepare(cfg: DataConfig) -> tuple[Corpus, Tokenizer]:
     """The corpus and its joint SentencePiece model (trained once, kept in data/<name>/)."""
     corpus = load_corpus(cfg)
+    if not any(s.strip() for s in corpus.train.src) and not any(t.strip() for t in corpus.train.tgt):
+        raise DataError(
+            f"the training split of {cfg.path or cfg.hub_id} ({cfg.src_lang}-{cfg.tgt_lang}) holds no text: "
+            "every line is empty or blank"
+        )
     langs = "-".join(sorted((cfg.src_lang, cfg.tgt_lang)))
     path = Path(cfg.artefacts) / cfg.name / f"spm.{langs}.{cfg.spm_model_type}{cfg.vocab_size}.model"
     tokenizer = load_or_train(

@@ -97,5 +97,6 @@ def load_or_train(path: Path, sentences: Iterable[str], **kwargs) -> Tokenizer:
         return Tokenizer.load(path)
     log.info("training SentencePiece (%s, %d pieces) -> %s", kwargs.get("model_type"), kwargs["vocab_size"], path)
     tok = train_tokenizer(sentences, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, tok.model_bytes)
     return tok

@@ -18,6 +18,7 @@ from translate.checkpoint import CheckpointError, load_checkpoint, tokenizer_byt
 from translate.config import DecodeConfig, ModelConfig
 from translate.model import Seq2Seq
 from translate.search import beam_search, greedy_search
+from translate.textfile import has_text
 from translate.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,24 @@ class Translator:
             model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
             model.load_state_dict(ckpt["model"])
         except (TypeError, ValueError, RuntimeError) as err:  # unknown keys, bad choices, mismatched tensors
-            raise CheckpointError(f"{path}: its model does not fit this translate ({err})") from None
-        return cls(model.to(device_for(device)), Tokenizer(tokenizer_bytes(ckpt)), cfg)
+            raise CheckpointError(f"{path}: its stored model does not fit this translate ({err})") from None
+        try:
+            tokenizer = Tokenizer(tokenizer_bytes(ckpt))
+        except (TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"{path}: its stored SentencePiece model is unusable ({err})") from None
+        return cls(model.to(device_for(device)), tokenizer, cfg)
 
-    def translate(self, lines: Iterable[str], *, first_line: int = 1) -> Iterator[str]:
-        """Yield exactly one translation (without newline) per input line, in order."""
+    def translate(self, lines: Iterable[str], *, first_line: int = 1, chunk_lines: int | None = None) -> Iterator[str]:
+        """Yield exactly one translation (without newline) per input line, in order.
+
+        Lines are read `chunk_lines` at a time (default CHUNK_LINES) and sorted by length
+        within a chunk; 1 translates each line as soon as it arrives."""
+        chunk_lines = chunk_lines or CHUNK_LINES
         chunk: list[str] = []
         start = first_line
         for line in lines:
             chunk.append(line)
-            if len(chunk) == CHUNK_LINES:
+            if len(chunk) == chunk_lines:
                 yield from self._translate_chunk(chunk, start)
                 start += len(chunk)
                 chunk = []
@@ -61,7 +70,7 @@ class Translator:
 
     def _translate_chunk(self, lines: list[str], first_line: int) -> list[str]:
         out = [""] * len(lines)
-        todo = [i for i, line in enumerate(lines) if line.strip()]
+        todo = [i for i, line in enumerate(lines) if has_text(line)]
         ids = self.tokenizer.encode([lines[i] for i in todo])
         for i, seq in zip(todo, ids):
             if len(seq) > self.max_input_len:
@@ -74,12 +83,25 @@ class Translator:
                 )
         ids = [seq[: self.max_input_len] for seq in ids]
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
-        for start in range(0, len(order), self.cfg.batch_size):
-            part = order[start : start + self.cfg.batch_size]
+        for part in self._batches(order, ids):
             hyps = self.translate_ids([ids[j] for j in part])
             for j, text in zip(part, self.tokenizer.decode(hyps)):
                 out[todo[j]] = " ".join(text.split())  # no stray newlines or control whitespace
         return out
+
+    def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
+        """Sentences, shortest first, in batches of at most decode.batch_size sentences and
+        decode.batch_tokens beam rows x source subwords (EOS included); one sentence always goes."""
+        c, part = self.cfg, []
+        for j in order:
+            if part and (
+                len(part) == c.batch_size or (len(part) + 1) * c.beam_size * (len(ids[j]) + 1) > c.batch_tokens
+            ):
+                yield part
+                part = []
+            part.append(j)
+        if part:
+            yield part
 
     def translate_ids(self, src: list[list[int]]) -> list[list[int]]:
         """Subword ids of sentences -> subword ids of their best translations."""
