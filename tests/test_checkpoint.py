@@ -42,8 +42,9 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
     with zipfile.ZipFile(evil) as z:
         data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     assert b"touch" in data
-    with pytest.raises(CheckpointError, match="could run code"):
+    with pytest.raises(CheckpointError, match="could run code") as err:
         load_checkpoint(evil)
+    assert "weights_only" not in str(err.value)  # never the advice to load it unsafely
     assert not marker.exists()
     pickle.loads(data)  # the control: unrestricted unpickling does run it
     assert marker.exists()

@@ -362,3 +362,42 @@ def test_bleu_prints_the_score_when_the_hypotheses_cannot_be_saved(reversal_run)
     assert "is a folder" in result.stderr.decode() and "Traceback" not in said
     other = run_cli("bleu", *args, "data.src_lang=yy", "data.tgt_lang=xx", cwd=reversal_run)
     assert "was trained for xx-yy, not yy-xx" in other.stdout.decode() + other.stderr.decode()
+
+
+def test_resuming_from_a_file_without_training_state_is_a_message(tmp_path):
+    from translate.batching import Examples
+    from translate.config import TrainConfig
+    from translate.data import Split
+    from translate.learner import Learner
+    from translate.training import TrainingError, fit
+
+    tokenizer = reversal_tokenizer(100, 3)
+    model = tiny_model(tokenizer.vocab_size)
+    with RunFolder.open(tmp_path, {"x": 1}) as run:
+        run.save("last.pt", {**model_payload(model, tokenizer), "step": 5})  # best.pt-style: weights only
+    cfg = TrainConfig(max_steps=10, precision="fp32")
+    with RunFolder.open(tmp_path, {"x": 1}) as run, pytest.raises(TrainingError, match="no training state.*overwrite"):
+        fit(Learner(model, cfg, device=torch.device("cpu")), tokenizer, Examples([[4]], [[5]]), Split(["a"], ["A"]),
+            cfg=cfg, run=run)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_terminal_on_stdin_gets_each_line_translated_as_it_is_typed(reversal_run):
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "translate", "translate", "--model", str(reversal_run / "run" / "best.pt")]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    try:
+        for line in (b"a b c\n", b"d e f g\n"):
+            os.write(master, line)  # typed, no end of input
+            assert select.select([proc.stdout], [], [], 60)[0], f"no translation of {line!r} within 60 s"
+            answer = proc.stdout.readline()
+            assert answer.endswith(b"\n") and answer.strip()
+        os.write(master, b"\x04")  # Ctrl-D ends the input
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(master)
