@@ -31,6 +31,9 @@ endif
 bleu: $(STAMP) ## decode the test split with the run's best checkpoint; print sacreBLEU BLEU and chrF
 	$(PY) -m translate bleu $(ARGS)
 
+translate: $(STAMP) ## translate a text file line by line (ARGS="--model runs/multi30k.en-de/best.pt input.en -o output.de")
+	$(VENV)/bin/translate $(ARGS)
+
 bench: $(STAMP) ## benchmark: throughput, decoding, time-to-BLEU, peer (ARGS="bench.quick=true bench.peer=joeynmt")
 	$(PY) -m translate bench data.path=$(BENCH_DATA) run_dir=runs/bench $(ARGS)
 

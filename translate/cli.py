@@ -302,7 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     usage = (
         "usage: python -m translate {train,bleu,bench} [key=value ...]\n"
-        "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--int8]"
+        "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--int8] ...\n\n"
+        "  train   download the corpus, train SentencePiece and the model into run_dir\n"
+        "  bleu    decode the test split with run_dir's best.pt (or decode.checkpoint=PATH); print BLEU, chrF\n"
+        "  bench   throughput, decoding speed, time-to-BLEU, the peer (bench.* keys)\n"
+        "  translate  a text file or stdin, one line out per line in (translate --help)\n\n"
+        "key=value sets any key of the configuration; groups pick a preset: data=multi30k|text,\n"
+        "model=gru|bahdanau, decode=beam|greedy, experiment=NAME, debug=tiny (conf/).\n"
+        "Every key with its value: python -m translate train --cfg job"
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
