@@ -70,7 +70,7 @@ def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(tmp_path):
     saved = load_checkpoint(tmp_path / "last.pt")
     assert saved["step"] == 60
     assert all(t.dtype == torch.float32 for t in saved["model"].values() if t.is_floating_point())
-    fp32 = evaluate(
+    fp32, _ = evaluate(
         model,
         tokenizer,
         valid.src,

@@ -220,6 +220,5 @@ def check_dims(kind: str, *, query_dim: int, key_dim: int, attn_dim: int, heads:
 
 
 def make_attention(kind: str, *, query_dim: int, key_dim: int, attn_dim: int, heads: int = 1) -> Attention:
-    if kind not in SCORES:
-        raise ConfigError(f"model.attention={kind!r} is not allowed: choose one of {', '.join(SCORES)}")
+    """`kind` is one of SCORES (ModelConfig checks it, naming the key)."""
     return SCORES[kind](query_dim=query_dim, key_dim=key_dim, attn_dim=attn_dim, heads=heads)

@@ -59,9 +59,6 @@ class Examples:
     src: list[list[int]]
     tgt: list[list[int]]
 
-    def __len__(self) -> int:
-        return len(self.src)
-
     def lengths(self) -> tuple[list[int], list[int]]:
         return [len(s) for s in self.src], [len(t) for t in self.tgt]
 

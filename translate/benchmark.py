@@ -33,14 +33,14 @@ from typing import Any
 
 import torch
 
-from translate.config import BenchRunConfig as Config
+from translate.config import BenchRunConfig
 from translate.data import Split, load_corpus
 from translate.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
 
-def _throughput_worker(cfg: Config, variant: str, queue) -> None:
+def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     from translate.data import prepare, tokenize_pairs
     from translate.learner import Learner
     from translate.model import Seq2Seq
@@ -79,7 +79,7 @@ def _throughput_worker(cfg: Config, variant: str, queue) -> None:
     )
 
 
-def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
+def training_throughput(cfg: BenchRunConfig, variant: str) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_throughput_worker, args=(cfg, variant, queue))
@@ -89,7 +89,7 @@ def training_throughput(cfg: Config, variant: str) -> dict[str, float]:
     return result
 
 
-def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int, int8: bool = False) -> dict[str, float]:
+def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8: bool = False) -> dict[str, float]:
     """Steady-state and whole-process decoding speed of the test split, and its BLEU."""
     from translate.evaluation import score
     from translate.translator import Translator
@@ -138,7 +138,7 @@ def decoding(cfg: Config, test: Split, checkpoint: Path, beam: int, int8: bool =
     }
 
 
-def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
+def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str) -> dict[str, Any]:
     """Train for bench.budget_minutes (a fresh run), then beam-5 BLEU on the test split."""
     run_dir = Path(cfg.run_dir) / f"ttb.{src}-{tgt}"
     args = [
@@ -162,13 +162,13 @@ def time_to_bleu(cfg: Config, src: str, tgt: str) -> dict[str, Any]:
     }
 
 
-def train_subprocess(cfg: Config, overrides: list[str]) -> None:
+def train_subprocess(cfg: BenchRunConfig, overrides: list[str]) -> None:
     """`python -m translate train` on the benchmark's corpus, as a user runs it."""
     data = [f"data.path={cfg.data.path}"] if cfg.data.path else []
     subprocess.run([sys.executable, "-m", "translate", "train", *data, *overrides], check=True)
 
 
-def peer_joeynmt(cfg: Config) -> dict[str, float]:
+def peer_joeynmt(cfg: BenchRunConfig) -> dict[str, float]:
     """JoeyNMT measured by the peer kit's own scripts (their setup, their config)."""
     kit = Path(cfg.bench.peer_kit)
     if not (kit / "setup.sh").is_file():
@@ -211,7 +211,7 @@ def peer_joeynmt(cfg: Config) -> dict[str, float]:
     return out
 
 
-def run(cfg: Config, overrides: list[str] = ()) -> dict[str, Any]:
+def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
     """Measure everything the bench settings ask for, phase by phase; bench.json is
     rewritten after each, so a late failure keeps the earlier figures. `overrides` (the
     command line's) shape the quick-mode model; time-to-BLEU runs train at the defaults."""
@@ -238,7 +238,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def throughput_figures(cfg: Config, fig: dict[str, Any]) -> None:
+def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
     for variant in cfg.bench.variants:
         log.info("training throughput: %s decoder, %.0f s", variant, cfg.bench.throughput_seconds)
         for key, value in training_throughput(cfg, variant).items():
@@ -247,7 +247,7 @@ def throughput_figures(cfg: Config, fig: dict[str, Any]) -> None:
         fig["train_tgt_tokens_per_s"] = fig[f"train_tgt_tokens_per_s_{cfg.model.decoder}"]
 
 
-def time_to_bleu_figures(cfg: Config, fig: dict[str, Any]) -> None:
+def time_to_bleu_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
     if cfg.bench.quick:
         return
     for direction in cfg.bench.directions:
@@ -260,7 +260,7 @@ def time_to_bleu_figures(cfg: Config, fig: dict[str, Any]) -> None:
         fig[f"time_to_bleu{suffix}_detail"] = r
 
 
-def decoding_checkpoint(cfg: Config, fig: dict[str, Any], overrides: list[str]) -> Path:
+def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> Path:
     """bench.checkpoint, else the en-de time-to-BLEU model, else run_dir/best.pt, else one trained now."""
     b = cfg.bench
     if b.checkpoint:
@@ -277,7 +277,7 @@ def decoding_checkpoint(cfg: Config, fig: dict[str, Any], overrides: list[str]) 
     return quick_dir / "best.pt"
 
 
-def decoding_figures(cfg: Config, fig: dict[str, Any], overrides: list[str]) -> None:
+def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> None:
     checkpoint = decoding_checkpoint(cfg, fig, overrides)
     fig["decode_checkpoint"] = str(checkpoint)
     test = load_corpus(cfg.data).test
@@ -308,7 +308,7 @@ RATIOS = (
 )
 
 
-def peer_figures(cfg: Config, fig: dict[str, Any]) -> None:
+def peer_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
     if not cfg.bench.peer:  # BenchConfig allows joeynmt only
         return
     log.info("peer: JoeyNMT via %s", cfg.bench.peer_kit)

@@ -173,17 +173,25 @@ class RunFolder:
     Saves are atomic: a crash leaves the previous file whole.
     """
 
-    def __init__(self, path: Path, identity: dict[str, Any], *, is_main: bool, resume: bool, lock) -> None:
-        self.path, self.identity, self.is_main, self.resume = path, identity, is_main, resume
+    def __init__(self, path: Path, identity: dict[str, Any], *, is_main: bool, last: dict | None, lock) -> None:
+        self.path, self.identity, self.is_main = path, identity, is_main
+        self._last = last  # the last.pt to resume from, as read by open(); None for a new run
         self._lock = lock
+
+    @property
+    def resume(self) -> bool:
+        return self._last is not None
 
     @property
     def last(self) -> Path:
         return self.path / "last.pt"
 
-    @property
-    def best(self) -> Path:
-        return self.path / "best.pt"
+    def take_last(self) -> dict[str, Any]:
+        """The checkpoint to resume from (read once, by open) and handed over once."""
+        ckpt, self._last = self._last, None
+        if ckpt is None:
+            raise RunFolderError(f"{self.path} holds no run to resume")
+        return ckpt
 
     @classmethod
     def open(
@@ -204,8 +212,8 @@ class RunFolder:
         try:
             if is_main:
                 _remove_leftovers(path)
-            last = path / "last.pt"
-            previous = load_checkpoint(last).get("run_config", {}) if last.exists() else None
+            last = load_checkpoint(path / "last.pt") if (path / "last.pt").exists() else None
+            previous = last.get("run_config", {}) if last is not None else None
             sync()
             resume = previous is not None and not overwrite
             if previous is not None and overwrite:
@@ -223,7 +231,7 @@ class RunFolder:
             if lock is not None:
                 lock.close()
             raise
-        return cls(path, identity, is_main=is_main, resume=resume, lock=lock)
+        return cls(path, identity, is_main=is_main, last=last if resume else None, lock=lock)
 
     def save(self, name: str, payload: dict[str, Any]) -> None:
         """Atomically write `name` (best.pt or last.pt) with the run's configuration; main process only.

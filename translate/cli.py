@@ -145,7 +145,8 @@ def bleu(cfg: Config) -> dict[str, float]:
     problem = output_problem(out)
     if problem:
         log.warning("%s: the hypotheses will not be saved; the score is printed all the same", problem)
-    trained = load_checkpoint(ckpt).get("run_config", {})
+    payload = load_checkpoint(ckpt)
+    trained = payload.get("run_config", {})
     pair = (trained.get("data.src_lang"), trained.get("data.tgt_lang"))
     if None not in pair and pair != (cfg.data.src_lang, cfg.data.tgt_lang):
         log.warning(
@@ -156,8 +157,9 @@ def bleu(cfg: Config) -> dict[str, float]:
             cfg.data.tgt_lang,
         )
     corpus = load_corpus(cfg.data)
-    translator = Translator.from_checkpoint(str(ckpt), cfg.decode, device=str(device))
-    hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=True)
+    translator = Translator.from_payload(payload, cfg.decode, device=str(device), name=str(ckpt))
+    bar = lambda lines: progress_bar(lines, total=len(corpus.test.src))  # noqa: E731
+    hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, wrap=bar)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
     if not problem:
         try:

@@ -162,9 +162,8 @@ class TrainConfig(_Checked):
     def __post_init__(self) -> None:
         self._choice("schedule", SCHEDULES)
         self._choice("precision", PRECISIONS)
-        for name in ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every"):
-            self._at_least(name, 1)
-        for name in ("valid_beam", "valid_batch_size"):
+        counts = ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every")
+        for name in (*counts, "valid_beam", "valid_batch_size"):
             self._at_least(name, 1)
         self._above("max_time", 0, optional=True)
         self._at_least("max_steps", 1, optional=True)
@@ -203,13 +202,6 @@ class DecodeConfig(_Checked):
             self._fail("checkpoint", "best, last or a path to a .pt file")
 
 
-def check_device(name: str, key: str = "device") -> str:
-    """auto | cpu | cuda | cuda:N, else a ConfigError naming `key`."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ConfigError(f"{key}={name!r} is not allowed: choose auto, cpu, cuda or cuda:N")
-    return name
-
-
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -221,7 +213,8 @@ class Config:
     overwrite: bool = False  # allow a run into a folder that holds another config's run
 
     def __post_init__(self) -> None:
-        check_device(self.device)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device={self.device!r} is not allowed: choose auto, cpu, cuda or cuda:N")
 
 
 @dataclass

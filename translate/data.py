@@ -16,7 +16,7 @@ from pathlib import Path
 
 from translate.batching import Examples
 from translate.config import DataConfig
-from translate.textfile import LineError, iter_lines
+from translate.textfile import LineError, has_text, iter_lines
 from translate.tokenizer import Tokenizer, load_or_train
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples
 def prepare(cfg: DataConfig) -> tuple[Corpus, Tokenizer]:
     """The corpus and its joint SentencePiece model (trained once, kept in data/<name>/)."""
     corpus = load_corpus(cfg)
-    if not any(s.strip() for s in corpus.train.src) and not any(t.strip() for t in corpus.train.tgt):
+    if not any(map(has_text, corpus.train.src)) and not any(map(has_text, corpus.train.tgt)):
         raise DataError(
             f"the training split of {cfg.path or cfg.hub_id} ({cfg.src_lang}-{cfg.tgt_lang}) holds no text: "
             "every line is empty or blank"

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from translate.attention import Attention, Memory
-from translate.config import ConfigError
 
 
 @dataclass
@@ -140,7 +139,5 @@ VARIANTS: dict[str, type[Decoder]] = {"fused": FusedDecoder, "input_feed": Input
 
 
 def make_decoder(variant: str, embed: nn.Embedding, attention: Attention, **sizes) -> Decoder:
-    """sizes: enc_dim, hidden, layers, dropout, tie_output (keyword-only)."""
-    if variant not in VARIANTS:
-        raise ConfigError(f"model.decoder={variant!r} is not allowed: choose one of {', '.join(VARIANTS)}")
+    """`variant` is one of VARIANTS (ModelConfig checks it); sizes: enc_dim, hidden, layers, dropout, tie_output."""
     return VARIANTS[variant](embed, attention, **sizes)

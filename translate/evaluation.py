@@ -4,7 +4,7 @@ and the validation metrics training reads (loss, perplexity, BLEU, chrF)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -44,15 +44,12 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
 
 
 def translate_split(
-    translator, src: Sequence[str], refs: Sequence[str], *, progress: bool = False
+    translator, src: Sequence[str], refs: Sequence[str], *, wrap: Callable[[Iterable[str]], Iterable[str]] = iter
 ) -> tuple[list[str], Scores]:
-    """Decode `src` with a Translator and score it against `refs`; returns (hypotheses, scores)."""
-    lines = translator.translate(src)
-    if progress:
-        from tqdm import tqdm
+    """Decode `src` with a Translator and score it against `refs`; returns (hypotheses, scores).
 
-        lines = tqdm(lines, total=len(src), unit=" lines", desc="translate", disable=None, leave=False)
-    hyps = list(lines)
+    `wrap` sees the translations as they come (a progress bar)."""
+    hyps = list(wrap(translator.translate(src)))
     return hyps, score(hyps, refs)
 
 
@@ -74,9 +71,10 @@ def evaluate(
     batches: list,
     search,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], str]:
     """Validation metrics of `model`: teacher-forced loss and perplexity over `batches`, and
-    BLEU / chrF of `src` decoded with the search settings `search` (a DecodeConfig)."""
+    BLEU / chrF of `src` decoded with the search settings `search` (a DecodeConfig); and
+    the BLEU signature."""
     from translate.translator import Translator
 
     model.eval()
@@ -89,10 +87,5 @@ def evaluate(
     with autocast():
         _, s = translate_split(Translator(model, tokenizer, search), src, refs)
     loss = nll_sum / max(ntok, 1)
-    return {
-        "valid_loss": loss,
-        "valid_ppl": math.exp(min(loss, 50)),
-        "valid_bleu": s.bleu,
-        "valid_chrf": s.chrf,
-        "bleu_signature": s.bleu_signature,
-    }
+    metrics = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 50)), "valid_bleu": s.bleu, "valid_chrf": s.chrf}
+    return metrics, s.bleu_signature

@@ -38,7 +38,7 @@ class Learner:
     for a single process."""
 
     def __init__(self, model: Seq2Seq, cfg: TrainConfig, *, device: torch.device, group: Group = SINGLE) -> None:
-        self.model, self.cfg, self.device, self.group = model, cfg, device, group
+        self.model, self.cfg, self.device = model, cfg, device
         self.net = wrap(model, group)  # model.features, under DDP when distributed
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
@@ -54,11 +54,12 @@ class Learner:
         with self.autocast():
             features = self.net(batch)
         loss, nll = self.model.loss(batch, label_smoothing=self.cfg.label_smoothing, features=features)
+        ntok = batch.ntokens  # a count over the batch: once per step
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.ntokens).backward()
+        (loss / ntok).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         finite = bool(torch.isfinite(loss) and torch.isfinite(norm))
-        return StepResult(batch.ntokens, nll.item() / batch.ntokens, finite)
+        return StepResult(ntok, nll.item() / ntok, finite)
 
     def update(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

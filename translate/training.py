@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from translate.batching import Examples
-from translate.checkpoint import RunFolder, load_checkpoint, model_payload
+from translate.checkpoint import RunFolder, model_payload
 from translate.config import DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.distributed import SINGLE, Group, agree, any_of, check_in_sync, shard
@@ -118,7 +118,7 @@ def fit(
     p = Progress()
     if run.resume:
         try:
-            p = Progress.from_dict(learner.restore(load_checkpoint(run.last)))
+            p = Progress.from_dict(learner.restore(run.take_last()))
         except NoTrainingState as err:
             raise TrainingError(f"cannot resume from {run.last}: {err}; pass overwrite=true to start over") from None
         log.info("resumed from %s at step %d (epoch %d)", run.last, p.step, p.epoch + 1)
@@ -146,9 +146,7 @@ def fit(
         interrupted = _loop(learner, train, p, validation, stop=stop, bar=bar, cfg=cfg, group=group)
     bar.close()
     if interrupted:
-        run.save(
-            "last.pt", {**model_payload(learner.model, tokenizer), **_counters(p), "train_state": learner.state(p)}
-        )
+        run.save("last.pt", _payload(learner, tokenizer, p, with_state=True))
         raise Interrupted(p.step)
     return p
 
@@ -240,8 +238,15 @@ def _skip(learner: Learner, p: Progress, result: StepResult, cfg: TrainConfig) -
         )
 
 
-def _counters(p: Progress) -> dict[str, Any]:
-    return {"step": p.step, "epoch": p.epoch, "metrics": dict(p.history[-1]) if p.history else {}}
+def _payload(learner: Learner, tokenizer: Tokenizer, p: Progress, *, with_state: bool) -> dict[str, Any]:
+    """best.pt (weights, counters, latest metrics) or, with the training state, last.pt."""
+    payload = {
+        **model_payload(learner.model, tokenizer),
+        "step": p.step,
+        "epoch": p.epoch,
+        "metrics": dict(p.history[-1]) if p.history else {},
+    }
+    return {**payload, "train_state": learner.state(p)} if with_state else payload
 
 
 class Validation:
@@ -279,7 +284,7 @@ class Validation:
                 batch_tokens=cfg.batch_tokens,
                 device=self.learner.device,
             )
-        m = evaluate(
+        m, signature = evaluate(
             model,
             self.tokenizer,
             self.valid.src,
@@ -288,7 +293,6 @@ class Validation:
             search=self.search,
             autocast=self.learner.autocast,
         )
-        signature = m.pop("bleu_signature")
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
         improved = p.stopping.update(m["valid_bleu"], p.step, cfg)
         if p.stopping.should_stop(cfg):
@@ -305,7 +309,6 @@ class Validation:
             signature,
         )
         p.done = p.done or final
-        weights = {**model_payload(model, self.tokenizer), **_counters(p)}
         if improved:
-            self.run.save("best.pt", weights)
-        self.run.save("last.pt", {**weights, "train_state": self.learner.state(p)})
+            self.run.save("best.pt", _payload(self.learner, self.tokenizer, p, with_state=False))
+        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))

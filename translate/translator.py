@@ -39,16 +39,20 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: str, cfg: DecodeConfig, device: str = "auto") -> Translator:
         """The model and tokenizer of a checkpoint file, on `device` (auto: cuda when there is one)."""
-        ckpt = load_checkpoint(path)
+        return cls.from_payload(load_checkpoint(path), cfg, device=device, name=str(path))
+
+    @classmethod
+    def from_payload(cls, ckpt: dict, cfg: DecodeConfig, *, device: str = "auto", name: str) -> Translator:
+        """The same from a loaded checkpoint; `name` (its file) is what errors name."""
         try:
             model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
             model.load_state_dict(ckpt["model"])
         except (TypeError, ValueError, RuntimeError) as err:  # unknown keys, bad choices, mismatched tensors
-            raise CheckpointError(f"{path}: its stored model does not fit this translate ({err})") from None
+            raise CheckpointError(f"{name}: its stored model does not fit this translate ({err})") from None
         try:
             tokenizer = Tokenizer(tokenizer_bytes(ckpt))
         except (TypeError, ValueError, RuntimeError, AttributeError) as err:
-            raise CheckpointError(f"{path}: its stored SentencePiece model is unusable ({err})") from None
+            raise CheckpointError(f"{name}: its stored SentencePiece model is unusable ({err})") from None
         return cls(model.to(device_for(device)), tokenizer, cfg)
 
     def translate(self, lines: Iterable[str], *, first_line: int = 1, chunk_lines: int | None = None) -> Iterator[str]:
