@@ -135,3 +135,29 @@ def test_a_run_folder_is_held_by_one_process_and_a_killed_holder_leaves_no_lock(
         holder.kill()
         holder.wait(timeout=30)
     RunFolder.open(folder, {}).close()  # the lock died with its process
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_refused_run_folder_is_left_byte_for_byte_as_it_was(tmp_path):
+    folder = tmp_path / "run"
+    with RunFolder.open(folder, {"train.lr": 0.1}) as run:
+        run.save("last.pt", {"step": 3, "model": {}, "model_config": {}, "vocab_size": 1, "tokenizer": torch.zeros(1)})
+    before = _snapshot(folder)
+    assert ".lock" in before and before[".lock"][0]  # the lock file names its last holder
+    with pytest.raises(RunFolderError, match="different configuration"):
+        RunFolder.open(folder, {"train.lr": 0.2})
+    assert _snapshot(folder) == before
+
+
+def test_a_new_run_folder_that_never_saved_is_removed_again(tmp_path):
+    with pytest.raises(KeyError), RunFolder.open(tmp_path / "new", {}):
+        raise KeyError("the corpus could not be read")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    RunFolder.open(tmp_path / "old", {}).close()
+    assert (tmp_path / "old").is_dir()  # a folder that was there before stays

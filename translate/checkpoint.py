@@ -173,14 +173,22 @@ class RunFolder:
     Saves are atomic: a crash leaves the previous file whole.
     """
 
-    def __init__(self, path: Path, identity: dict[str, Any], *, is_main: bool, last: dict | None, lock) -> None:
+    def __init__(
+        self, path: Path, identity: dict[str, Any], *, is_main: bool, last: dict | None, lock, created: bool = False
+    ) -> None:
         self.path, self.identity, self.is_main = path, identity, is_main
+        self._created = created  # made by this open: removed again if the run never saved anything
         self._last = last  # the last.pt to resume from, as read by open(); None for a new run
         self._lock = lock
 
     @property
     def resume(self) -> bool:
         return self._last is not None
+
+    @property
+    def resume_step(self) -> int | None:
+        """The step of the last.pt this run resumes from; None for a new run."""
+        return None if self._last is None else int(self._last.get("step", 0))
 
     @property
     def last(self) -> Path:
@@ -208,6 +216,7 @@ class RunFolder:
         Under torchrun every process calls this; `sync` (a barrier) lets them all read
         ``last.pt`` before the main process may discard it."""
         path = Path(path)
+        created = is_main and not path.exists()
         lock = _lock(path) if is_main else None
         try:
             if is_main:
@@ -230,8 +239,11 @@ class RunFolder:
         except BaseException:
             if lock is not None:
                 lock.close()
+                _remove_if_unused(path, created)
             raise
-        return cls(path, identity, is_main=is_main, last=last if resume else None, lock=lock)
+        if lock is not None:
+            _say_holder(lock)
+        return cls(path, identity, is_main=is_main, last=last if resume else None, lock=lock, created=created)
 
     def save(self, name: str, payload: dict[str, Any]) -> None:
         """Atomically write `name` (best.pt or last.pt) with the run's configuration; main process only.
@@ -252,6 +264,7 @@ class RunFolder:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the lock
             self._lock = None
+            _remove_if_unused(self.path, self._created)
 
     def __enter__(self) -> RunFolder:
         return self
@@ -267,8 +280,18 @@ def _remove_leftovers(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _remove_if_unused(folder: Path, created: bool) -> None:
+    """A folder this run made and left with nothing but its lock (it failed before the first
+    save) is removed, so a failed start leaves no empty run behind."""
+    if created and [p.name for p in folder.iterdir()] == [".lock"]:
+        (folder / ".lock").unlink(missing_ok=True)
+        folder.rmdir()
+
+
 def _lock(folder: Path):
-    """Hold an exclusive, non-blocking flock on folder/.lock; refuse if another process holds it."""
+    """Hold an exclusive, non-blocking flock on folder/.lock; refuse if another process holds it.
+
+    Returns the open file: closing it releases the lock."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,8 +305,12 @@ def _lock(folder: Path):
         raise RunFolderError(
             f"{folder} is in use by {holder}: wait for it to finish, stop it, or choose another run_dir=..."
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
-    f.flush()
     return f
+
+
+def _say_holder(lock) -> None:
+    """Name this process in the held .lock (once the folder is accepted: a refusal changes nothing)."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+    lock.flush()

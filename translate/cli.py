@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
+from translate.runlog import RunRecord
 
 log = logging.getLogger("translate")
 
@@ -66,11 +67,12 @@ def setup_torch(cfg: Config) -> torch.device:
     return device_for(cfg.device)
 
 
-def train(cfg: Config) -> dict[str, Any]:
+def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     """Download -> SentencePiece -> train; returns the best validation metrics.
 
     Under torchrun (``torchrun --nproc_per_node=N -m translate train ...``) each process
-    runs this with its share of the batches (translate/distributed.py)."""
+    runs this with its share of the batches (translate/distributed.py). The run folder
+    gets its log and configuration (`record`) only once everything has been checked."""
     from translate import distributed
     from translate.checkpoint import RunFolder
     from translate.data import DataError, prepare, tokenize_pairs
@@ -84,6 +86,8 @@ def train(cfg: Config) -> dict[str, Any]:
         with RunFolder.open(
             cfg.run_dir, run_identity(cfg), overwrite=cfg.overwrite, is_main=group.is_main, sync=sync
         ) as run:
+            start = f"resuming the run from step {run.resume_step}" if run.resume else "a new run"
+            log.info("run folder %s: %s", cfg.run_dir, start)
             torch.manual_seed(cfg.train.seed)
             random.seed(cfg.train.seed)
             if not group.is_main:
@@ -98,16 +102,12 @@ def train(cfg: Config) -> dict[str, Any]:
                     "(data.valid_split / data.valid_prefix)"
                 )
             model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
-            log.info(
-                "model: %s decoder, %s attention, %d parameters, vocabulary %d, device %s",
-                cfg.model.decoder,
-                cfg.model.attention,
-                count_parameters(model),
-                tokenizer.vocab_size,
-                device,
-            )
             learner = Learner(model, cfg.train, device=device, group=group)
             examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
+            _log_setup(cfg, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, learner=learner,
+                       processes=group.world_size)  # fmt: skip
+            if record is not None and group.is_main:
+                record.keep(cfg.run_dir)
             progress = fit(learner, tokenizer, examples, corpus.valid, cfg=cfg.train, run=run, group=group)
     except Interrupted as stop:
         log.warning(
@@ -128,11 +128,53 @@ def train(cfg: Config) -> dict[str, Any]:
     return best
 
 
-def bleu(cfg: Config) -> dict[str, float]:
+def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int) -> None:
+    """The first lines of a run: model, hardware and precision, budget."""
+    m, t = cfg.model, cfg.train
+    log.info(
+        "model: %s decoder, %s attention, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d",
+        m.decoder, m.attention, model_parameters, m.emb_dim, m.enc_hidden, m.dec_hidden, vocab,
+    )  # fmt: skip
+    cpu = _cpu_name()
+    log.info(
+        "device %s%s, %d threads%s, precision %s (train.precision=%s)",
+        learner.device,
+        f" ({cpu})" if learner.device.type == "cpu" and cpu else "",
+        torch.get_num_threads(),
+        f", {processes} processes" if processes > 1 else "",
+        learner.precision,
+        t.precision,
+    )
+    budget = [f"{t.max_time:g} minutes" if t.max_time else "", f"{t.max_steps} steps" if t.max_steps else ""]
+    log.info(
+        "budget: %s, at most %d epochs; batches of %d target tokens; validation every %d steps; "
+        "early stopping after %s",
+        " or ".join(b for b in budget if b) or "no time or step limit",
+        t.max_epochs,
+        t.batch_tokens,
+        t.valid_every,
+        f"{t.patience} validations without a gain" if t.patience else "never",
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        import platform
+
+        return platform.processor()
+
+
+def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
     """Decode the test split with the run's checkpoint and print sacreBLEU BLEU and chrF.
 
     Where the hypotheses go is checked before decoding, and the score is printed whatever
-    happens to that file; a file that could not be saved makes the exit status 1."""
+    happens to that file; a file that could not be saved makes the exit status 1. It
+    reads a run and writes nothing into it but the hypotheses file beside the checkpoint."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from translate.checkpoint import load_checkpoint
     from translate.data import load_corpus
     from translate.evaluation import translate_split
@@ -158,8 +200,8 @@ def bleu(cfg: Config) -> dict[str, float]:
         )
     corpus = load_corpus(cfg.data)
     translator = Translator.from_payload(payload, cfg.decode, device=str(device), name=str(ckpt))
-    bar = lambda lines: progress_bar(lines, total=len(corpus.test.src))  # noqa: E731
-    hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, wrap=bar)
+    with progress_bar(total=len(corpus.test.src), desc=cfg.data.test_name) as bar, logging_redirect_tqdm():
+        hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=bar.update)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
     if not problem:
         try:
@@ -192,13 +234,15 @@ def checkpoint_path(cfg: Config) -> Path:
     return path
 
 
-def bench(cfg) -> dict:
+def bench(cfg, record: RunRecord | None = None) -> dict:
     """Throughput, decoding speed, time-to-BLEU and the peer side by side (translate/benchmark.py)."""
     from hydra.core.hydra_config import HydraConfig
 
     from translate.benchmark import run
 
     setup_torch(cfg)
+    if record is not None:
+        record.keep(cfg.run_dir)
     return run(cfg, overrides=list(HydraConfig.get().overrides.task))
 
 
@@ -206,36 +250,97 @@ COMMANDS = {"train": train, "bleu": bleu, "bench": bench}
 
 
 def hydra_main(command: str, argv: list[str]) -> None:
-    """Compose the configuration with Hydra (validated against the dataclasses), then run."""
+    """Compose the configuration with Hydra (validated against the dataclasses), then run.
+
+    A sweep (``-m key=a,b``) runs its jobs one after another, each in its own run folder
+    (run_dir/<swept values>); a failed job is reported and the next one runs; the jobs'
+    best scores are printed (and kept in run_dir/sweep.tsv) at the end."""
     import hydra
+    from omegaconf import OmegaConf
+
+    from translate.runlog import Sweep, sweep_job_name
 
     register_configs()
+    OmegaConf.register_new_resolver("sweep_job", sweep_job_name, replace=True)
+    sweep = Sweep()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _main(dcfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from translate.checkpoint import CheckpointError, RunFolderError
         from translate.data import DataError
         from translate.training import TrainingError
 
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        record = RunRecord(command, OmegaConf.to_yaml(dcfg), overrides)
+        in_sweep = hc.mode == RunMode.MULTIRUN
+        run_dir = os.path.relpath(hc.runtime.output_dir) if in_sweep else None
         try:
-            COMMANDS[command](to_config(dcfg))
+            cfg = to_config(dcfg)
+            if in_sweep:
+                cfg = replace(cfg, run_dir=run_dir)
+                log.info("sweep job %d: %s in %s", hc.job.num, " ".join(overrides), run_dir)
+            best = COMMANDS[command](cfg, record)
+            if in_sweep:
+                sweep.add(run_dir, overrides, best=best if isinstance(best, dict) else None)
         except (ConfigError, DataError, CheckpointError, RunFolderError, TrainingError) as err:
-            log.error("%s", err)
-            raise SystemExit(f"error: {err}") from None
+            record.file_only(logging.ERROR, str(err))
+            if not in_sweep:
+                raise SystemExit(f"error: {err}") from None
+            print(f"error: sweep job {hc.job.num} ({' '.join(overrides)}): {err}", file=sys.stderr)
+            sweep.add(run_dir, overrides, error=str(err))
+        finally:
+            record.close()
 
     schema = ["schema=bench"] if command == "bench" else []
-    sys.argv = [f"translate {command}", *schema, *argv, f"hydra.job.name={command}"]
-    _main()
+    sys.argv = [f"translate {command}", *schema, *argv, *_sweep_naming(argv), f"hydra.job.name={command}"]
+    try:
+        _main()
+    finally:
+        sweep.report()
+    if sweep.failed:
+        raise SystemExit(1)
+
+
+def _sweep_naming(argv: list[str]) -> list[str]:
+    """For a sweep, name each job's folder by the swept keys alone (not the fixed ones)."""
+    if not {"-m", "--multirun"} & set(argv):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # Hydra reports a malformed override itself, with its own message
+        return []
+    fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()} | {"run_dir", "overwrite"}
+    return ["hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in sorted(fixed)) + "]"]
 
 
 # ---- translate: text in, text out ------------------------------------------------------
 
 
-def progress_bar(lines, total: int | None = None):
-    """A line counter on stderr, shown only when stderr is a terminal."""
+def progress_bar(total: int | None = None, desc: str = "translate", show: bool = True):
+    """A line counter on stderr, shown only when stderr is a terminal; advanced per decoded batch."""
     from tqdm import tqdm
 
-    return tqdm(lines, total=total, unit=" lines", desc="translate", disable=None, file=sys.stderr, leave=False)
+    disable = None if show else True  # None: tqdm shows the bar only on a terminal
+    return tqdm(
+        total=total, unit=" lines", desc=desc, disable=disable, file=sys.stderr, leave=False, dynamic_ncols=True
+    )
+
+
+def count_lines(path: str) -> int | None:
+    """Lines in a regular file (a final line without a newline counts), for the bar's total; None for a pipe."""
+    if not os.path.isfile(path):
+        return None
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")
 
 
 def translate_main(argv: list[str] | None = None) -> int:
@@ -267,6 +372,8 @@ def translate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from translate.checkpoint import CheckpointError
     from translate.textfile import LineError, iter_lines, write_lines, write_output
     from translate.translator import Translator, device_for
@@ -284,10 +391,10 @@ def translate_main(argv: list[str] | None = None) -> int:
         with src:
             hint = "; fix the encoding or pass --errors replace"
             lines = iter_lines(src, "<stdin>" if reading_stdin else args.input, errors=args.errors, hint=hint)
-            lines = translator.translate(lines, chunk_lines=1 if stream else None)
-            if not stream:
-                lines = progress_bar(lines)
-            write_output(args.output or "-", lambda f: write_lines(f, lines, flush_each=stream))
+            total = None if reading_stdin else count_lines(args.input)
+            with progress_bar(total=total, show=not stream) as bar, logging_redirect_tqdm():
+                lines = translator.translate(lines, chunk_lines=1 if stream else None, progress=bar.update)
+                write_output(args.output or "-", lambda f: write_lines(f, lines, flush_each=stream))
     except KeyboardInterrupt:
         print("translate: interrupted; an -o file is left as it was", file=sys.stderr)
         return 130

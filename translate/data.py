@@ -86,6 +86,9 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
     source = cfg.path if cfg.path else cfg.hub_id
     if not source:
         raise DataError("set data.path (a local folder) or data.hub_id (a hub dataset)")
+    offline = None if cfg.path else hub_unreachable()
+    if offline:
+        _go_offline()  # the local cache may still hold it; no 20 s of retries first
     try:
         import datasets
 
@@ -98,11 +101,13 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
                 "check its files (one JSON object per line for .jsonl), or use plain <split>.<lang> text files "
                 "with data.format=text"
             ) from None
-        raise DataError(
-            f"could not load dataset '{source}' ({type(err).__name__}: {first_line(err)}). "
-            "If this machine is offline, point data.path at a local copy (hub layout or plain "
-            "<split>.<lang> text files), e.g. data.path=../shared/data/multi30k"
-        ) from None
+        why = (
+            f"the Hugging Face hub cannot be reached from this machine ({offline}) and '{source}' is not in "
+            "its local cache"
+            if offline
+            else f"could not load dataset '{source}' ({type(err).__name__}: {first_line(err)})"
+        )
+        raise DataError(f"{why}. {_local_copy_hint(cfg)}") from None
 
     def split(name: str) -> Split:
         if name not in ds:
@@ -114,6 +119,65 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
         return Split(list(part[cfg.src_lang]), list(part[cfg.tgt_lang]))
 
     return Corpus(split(cfg.train_split), split(cfg.valid_split), split(cfg.test_split))
+
+
+def _local_copy_hint(cfg: DataConfig) -> str:
+    """How to train from files of one's own instead, in the terms of this configuration."""
+    files = ", ".join(
+        f"{prefix}.{lang}"
+        for prefix in (cfg.train_prefix, cfg.valid_prefix, cfg.test_prefix)
+        for lang in (cfg.src_lang, cfg.tgt_lang)
+    )
+    return (
+        f"To train from local files, put them in a folder and pass data.path=FOLDER: either plain text, one "
+        f"sentence per line ({files}), or a copy of the dataset in the hub's layout (train.jsonl, ...; "
+        "from `hf download ID --repo-type dataset --local-dir FOLDER` on a connected machine)"
+    )
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (no name lookup or connection within
+    `timeout` seconds), or None when it can, when offline mode is already set, or when a
+    proxy is configured (datasets then goes through it)."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    if any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in offline):
+        return None
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    where = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(where, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{where[0]}:{where[1]}: {err.strerror or err}")
+
+    probe = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout of its own
+    probe.start()
+    probe.join(timeout + 1)
+    return outcome[0] if outcome else f"{where[0]}:{where[1]}: no answer within {timeout:g} s"
+
+
+def _go_offline() -> None:
+    """datasets reads the local cache only, from now on in this process."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "datasets" in sys.modules:  # imported already: its settings were read at import
+        import datasets.config
+        import huggingface_hub.constants
+
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples:

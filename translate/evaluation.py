@@ -4,7 +4,7 @@ and the validation metrics training reads (loss, perplexity, BLEU, chrF)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -44,12 +44,12 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
 
 
 def translate_split(
-    translator, src: Sequence[str], refs: Sequence[str], *, wrap: Callable[[Iterable[str]], Iterable[str]] = iter
+    translator, src: Sequence[str], refs: Sequence[str], *, progress: Callable[[int], object] | None = None
 ) -> tuple[list[str], Scores]:
     """Decode `src` with a Translator and score it against `refs`; returns (hypotheses, scores).
 
-    `wrap` sees the translations as they come (a progress bar)."""
-    hyps = list(wrap(translator.translate(src)))
+    `progress` (a progress bar's update) hears of every decoded batch."""
+    hyps = list(translator.translate(src, progress=progress))
     return hyps, score(hyps, refs)
 
 
@@ -71,10 +71,11 @@ def evaluate(
     batches: list,
     search,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[dict[str, float], str]:
     """Validation metrics of `model`: teacher-forced loss and perplexity over `batches`, and
     BLEU / chrF of `src` decoded with the search settings `search` (a DecodeConfig); and
-    the BLEU signature."""
+    the BLEU signature. `progress` hears of each decoded batch (the validation's bar)."""
     from translate.translator import Translator
 
     model.eval()
@@ -85,7 +86,7 @@ def evaluate(
         nll_sum += float(model.loss(batch, features=features)[1])  # the loss in fp32, as in training
         ntok += batch.ntokens
     with autocast():
-        _, s = translate_split(Translator(model, tokenizer, search), src, refs)
+        _, s = translate_split(Translator(model, tokenizer, search), src, refs, progress=progress)
     loss = nll_sum / max(ntok, 1)
     metrics = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 50)), "valid_bleu": s.bleu, "valid_chrf": s.chrf}
     return metrics, s.bleu_signature

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from translate.batching import Examples
 from translate.checkpoint import RunFolder, model_payload
@@ -35,6 +36,8 @@ from translate.schedule import EarlyStopping, budget_fraction, lr_at
 from translate.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+LOG_SECONDS = 60  # a log line at least this often, whatever train.log_every says
 
 
 class TrainingError(RuntimeError):
@@ -137,12 +140,13 @@ def fit(
     validation = Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group)
     bar = tqdm(
         total=cfg.max_steps or (int(cfg.max_time * 60) if cfg.max_time else None),
+        initial=p.step if cfg.max_steps else int(p.elapsed),  # a resumed run's bar starts where it stopped
         unit="step" if cfg.max_steps else "s",
         desc="train",
-        disable=None if group.is_main else True,
+        disable=None if group.is_main else True,  # None: shown on a terminal only
         dynamic_ncols=True,
     )
-    with StopRequest() as stop:
+    with StopRequest() as stop, logging_redirect_tqdm():  # log lines printed above the bar, never through it
         interrupted = _loop(learner, train, p, validation, stop=stop, bar=bar, cfg=cfg, group=group)
     bar.close()
     if interrupted:
@@ -182,8 +186,8 @@ def _loop(learner, train, p: Progress, validation, *, stop, bar, cfg: TrainConfi
                 p.step, p.skipped_in_row, p.tokens = p.step + 1, 0, p.tokens + agreed.tokens
                 window.tokens += agreed.tokens
                 bar.update(1 if cfg.max_steps else int(p.elapsed) - bar.n)
-                if p.step % cfg.log_every == 0:
-                    _log_step(p, result.nll, lr, window.rate(), bar)
+                if p.step % cfg.log_every == 0 or window.age() >= LOG_SECONDS or p.step == 1:
+                    _log_step(p, result.nll, lr, window.rate(), bar, cfg)
                     window.reset()
             out_of_time = budget_s is not None and p.elapsed >= budget_s
             out_of_steps = cfg.max_steps is not None and p.step >= cfg.max_steps
@@ -211,12 +215,34 @@ class Window:
         self.tokens, self.start = 0, time.perf_counter()
 
     def rate(self) -> float:
-        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        return self.tokens / max(self.age(), 1e-9)
+
+    def age(self) -> float:
+        return time.perf_counter() - self.start
 
 
-def _log_step(p: Progress, nll: float, lr: float, rate: float, bar: tqdm) -> None:
+def _log_step(p: Progress, nll: float, lr: float, rate: float, bar: tqdm, cfg: TrainConfig) -> None:
     bar.set_postfix(loss=f"{nll:.3f}", tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
-    log.info("step %d  epoch %d  loss %.3f  lr %.2e  %.0f tgt tok/s", p.step, p.epoch + 1, nll, lr, rate)
+    log.info(
+        "step %d  epoch %d  loss %.3f  lr %.2e  %.0f tgt tok/s  %s",
+        p.step, p.epoch + 1, nll, lr, rate, time_left(p, cfg),
+    )  # fmt: skip
+
+
+def time_left(p: Progress, cfg: TrainConfig) -> str:
+    """Training time so far and, when there is a budget (time or steps), the estimated time to its end."""
+    left = []
+    if cfg.max_time:
+        left.append(cfg.max_time * 60 - p.elapsed)
+    if cfg.max_steps and p.step:
+        left.append((cfg.max_steps - p.step) * p.elapsed / p.step)
+    eta = f", ETA {_clock(max(min(left), 0))}" if left else ""
+    return f"[elapsed {_clock(p.elapsed)}{eta}]"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _skip(learner: Learner, p: Progress, result: StepResult, cfg: TrainConfig) -> None:
@@ -284,28 +310,31 @@ class Validation:
                 batch_tokens=cfg.batch_tokens,
                 device=self.learner.device,
             )
-        m, signature = evaluate(
-            model,
-            self.tokenizer,
-            self.valid.src,
-            self.valid.tgt,
-            batches=self._batches,
-            search=self.search,
-            autocast=self.learner.autocast,
-        )
+        with tqdm(total=len(self.valid), desc="validation", unit=" lines", leave=False, disable=None) as bar:
+            m, signature = evaluate(
+                model,
+                self.tokenizer,
+                self.valid.src,
+                self.valid.tgt,
+                batches=self._batches,
+                search=self.search,
+                autocast=self.learner.autocast,
+                progress=bar.update,
+            )
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
         improved = p.stopping.update(m["valid_bleu"], p.step, cfg)
         if p.stopping.should_stop(cfg):
             log.info("early stopping: no BLEU gain in %d validations", p.stopping.bad_validations)
             p.done = True
         log.info(
-            "validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f%s  (%s)",
+            "validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f%s  %s  (%s)",
             p.step,
             m["valid_loss"],
             m["valid_ppl"],
             m["valid_bleu"],
             m["valid_chrf"],
             "  *best*" if improved else "",
+            time_left(p, cfg),
             signature,
         )
         p.done = p.done or final

@@ -9,7 +9,7 @@ any size streams through in bounded memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -55,12 +55,24 @@ class Translator:
             raise CheckpointError(f"{name}: its stored SentencePiece model is unusable ({err})") from None
         return cls(model.to(device_for(device)), tokenizer, cfg)
 
-    def translate(self, lines: Iterable[str], *, first_line: int = 1, chunk_lines: int | None = None) -> Iterator[str]:
+    def translate(
+        self,
+        lines: Iterable[str],
+        *,
+        first_line: int = 1,
+        chunk_lines: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> Iterator[str]:
         """Yield exactly one translation (without newline) per input line, in order.
 
         Lines are read `chunk_lines` at a time (default CHUNK_LINES) and sorted by length
-        within a chunk; 1 translates each line as soon as it arrives."""
+        within a chunk; 1 translates each line as soon as it arrives. `progress` (a progress
+        bar's update) hears how many lines each decoded batch finished, before the chunk's
+        lines come out in order."""
+        if isinstance(lines, str):
+            raise TypeError("translate() takes an iterable of lines; for one sentence pass [sentence]")
         chunk_lines = chunk_lines or CHUNK_LINES
+        self._progress = progress or (lambda n: None)
         chunk: list[str] = []
         start = first_line
         for line in lines:
@@ -75,6 +87,8 @@ class Translator:
     def _translate_chunk(self, lines: list[str], first_line: int) -> list[str]:
         out = [""] * len(lines)
         todo = [i for i, line in enumerate(lines) if has_text(line)]
+        if len(todo) < len(lines):
+            self._progress(len(lines) - len(todo))  # empty lines: done at once
         ids = self.tokenizer.encode([lines[i] for i in todo])
         for i, seq in zip(todo, ids):
             if len(seq) > self.max_input_len:
@@ -91,6 +105,7 @@ class Translator:
             hyps = self.translate_ids([ids[j] for j in part])
             for j, text in zip(part, self.tokenizer.decode(hyps)):
                 out[todo[j]] = " ".join(text.split())  # no stray newlines or control whitespace
+            self._progress(len(part))
         return out
 
     def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
