@@ -270,7 +270,7 @@ def test_a_line_of_only_invisible_characters_is_blank(line):
     assert not has_text(line)
     tokenizer = reversal_tokenizer(100, 3)
     translator = Translator(tiny_model(tokenizer.vocab_size), tokenizer, DecodeConfig(beam_size=1))
-    assert list(translator.translate(["a b", line, "c"]))[1] == ""
+    assert list(translator.translate_lines(["a b", line, "c"]))[1] == ""
 
 
 @pytest.mark.parametrize("line", ["a", " ß ", "\u00a0x", "🙂", "\ue000"])
@@ -285,9 +285,9 @@ def test_decoding_batches_stay_within_the_token_budget_and_translations_do_not_c
     wide = Translator(model, tokenizer, DecodeConfig(beam_size=3, batch_size=4096, batch_tokens=10**9))
     bounded = Translator(model, tokenizer, DecodeConfig(beam_size=3, batch_size=4096, batch_tokens=2000))
     seen: list[list[list[int]]] = []
-    original = bounded.translate_ids
-    bounded.translate_ids = lambda src: seen.append(src) or original(src)
-    assert list(bounded.translate(lines)) == list(wide.translate(lines))
+    original = bounded.search
+    bounded.search = lambda src, **kw: seen.append(src) or original(src, **kw)
+    assert list(bounded.translate_lines(lines)) == list(wide.translate_lines(lines))
     assert len(seen) > 1
     for src in seen:
         assert len(src) == 1 or len(src) * 3 * (max(map(len, src)) + 1) <= 2000

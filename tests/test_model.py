@@ -33,8 +33,9 @@ def test_attention_weights_sum_to_one_and_ignore_padding(kind):
     query = torch.randn(3, 4, 16)
     context, weights = attn(query, memory)
     assert context.shape == (3, 4, attn.context_dim)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4))
-    assert torch.all(weights.masked_select(~mask.unsqueeze(1).expand_as(weights)) == 0)
+    assert weights.shape == (3, 4 if kind == "multihead" else 1, 4, 5)  # (B, H, T, S): each head's
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:3]))
+    assert torch.all(weights.masked_select(~mask[:, None, None, :].expand_as(weights)) == 0)
     # whatever sits under the padding changes nothing
     noisy = keys.clone()
     noisy[~mask] = torch.randn(int((~mask).sum()), 16) * 100
@@ -51,7 +52,7 @@ def test_dot_attention_rejects_mismatched_sizes_with_advice():
 @pytest.mark.parametrize("decoder", ["fused", "input_feed"])
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_step_by_step_decoding_equals_teacher_forcing(decoder, attention):
-    model = build(decoder, attention)
+    model = build(decoder, attention, encoder_self_attention=attention == "general")
     src = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     tgt = [[14, 15, 16], [17], [18, 19, 20, 21, 22]]
     batch = make_batch(src, tgt)
@@ -64,8 +65,9 @@ def test_step_by_step_decoding_equals_teacher_forcing(decoder, attention):
             torch.testing.assert_close(log_probs[real], forced[real, t], atol=1e-5, rtol=1e-4)
 
 
-def test_encoder_output_does_not_depend_on_batch_padding():
-    model = build("fused", "general")
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_encoder_output_does_not_depend_on_batch_padding(self_attention):
+    model = build("fused", "general", encoder_self_attention=self_attention)
     short = [4, 5, 6]
     alone = make_batch([short])
     padded = make_batch([short, list(range(4, 20))])

@@ -20,7 +20,7 @@ def test_a_small_model_learns_to_reverse(reversal_run):
     assert ckpt["metrics"]["valid_bleu"] > 80
     translator = Translator.from_checkpoint(str(run / "best.pt"), DecodeConfig(beam_size=1))
     pairs = reversal_pairs(200, seed=99)
-    hyps = list(translator.translate([s for s, _ in pairs]))
+    hyps = list(translator.translate_lines([s for s, _ in pairs]))
     accuracy = sum(h == t for h, (_, t) in zip(hyps, pairs)) / len(pairs)
     assert accuracy >= 0.9, f"exact-match accuracy {accuracy:.2f} on held-out reversals"
 
@@ -76,9 +76,9 @@ def test_a_checkpoint_round_trip_translates_identically(tmp_path):
     text = [s for pair in reversal_pairs(40, 8) for s in pair]
     model = tiny_model(tokenizer.vocab_size, seed=3, decoder="input_feed", attention="bahdanau")
     decode = DecodeConfig(beam_size=3)
-    before = list(Translator(model, tokenizer, decode).translate(text[:40]))
+    before = list(Translator(model, tokenizer, decode).translate_lines(text[:40]))
     save_checkpoint(tmp_path / "m.pt", model_payload(model, tokenizer))
-    after = list(Translator.from_checkpoint(str(tmp_path / "m.pt"), decode).translate(text[:40]))
+    after = list(Translator.from_checkpoint(str(tmp_path / "m.pt"), decode).translate_lines(text[:40]))
     assert after == before
     assert any(before)  # the random model says something, so equality means something
 

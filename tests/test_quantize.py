@@ -86,12 +86,12 @@ def test_int8_refuses_a_model_that_is_not_on_the_cpu():
 def test_int8_translates_like_fp32_and_the_same_alone_or_in_a_batch(reversal_run):
     ckpt = str(reversal_run / "run" / "best.pt")
     src = [s for s, _ in reversal_pairs(120, seed=7)]
-    fp32 = list(Translator.from_checkpoint(ckpt, DecodeConfig(beam_size=3)).translate(src))
+    fp32 = list(Translator.from_checkpoint(ckpt, DecodeConfig(beam_size=3)).translate_lines(src))
     int8 = Translator.from_checkpoint(ckpt, DecodeConfig(beam_size=3, int8=True, batch_size=32))
-    together = list(int8.translate(src))
+    together = list(int8.translate_lines(src))
     agreement = sum(a == b for a, b in zip(together, fp32)) / len(src)
     assert agreement >= 0.9, f"int8 and fp32 agree on {agreement:.2f} of the lines"
-    alone = [next(int8.translate([s])) for s in src[:30]]
+    alone = [next(int8.translate_lines([s])) for s in src[:30]]
     assert alone == together[:30]
 
     result = run_cli("translate", "--model", ckpt, "--beam", "3", "--int8", cwd=reversal_run, input=b"a b c\n\nd e\n")
@@ -100,4 +100,4 @@ def test_int8_translates_like_fp32_and_the_same_alone_or_in_a_batch(reversal_run
 
 
 def together_line(translator: Translator, line: str) -> str:
-    return next(translator.translate([line]))
+    return next(translator.translate_lines([line]))

@@ -60,26 +60,26 @@ def test_random_input_keeps_its_lines_in_order(translator, lines, crlf, final_ne
         lines[0] = "x" + lines[0]  # at the very start of a file U+FEFF is a byte-order mark, not text
     data = ("\r\n" if crlf else "\n").join(lines) + (("\r\n" if crlf else "\n") if final_newline and lines else "")
     raw = (b"\xef\xbb\xbf" if bom else b"") + data.encode("utf-8")
-    out = list(translator.translate(iter_lines(io.BytesIO(raw), "<test>")))
+    out = list(translator.translate_lines(iter_lines(io.BytesIO(raw), "<test>")))
     assert len(out) == len(lines)
     assert all("\n" not in o and "\r" not in o for o in out)
     for line, o in zip(lines, out):
         if not has_text(line):  # blank, or only invisible characters (NUL, U+FEFF, ...)
             assert o == ""
-    alone = [next(iter(translator.translate([line]))) for line in iter_lines(io.BytesIO(raw), "<t>")]
+    alone = [next(iter(translator.translate_lines([line]))) for line in iter_lines(io.BytesIO(raw), "<t>")]
     assert out == alone  # each line's translation stays at its line, whatever its batch-mates
 
 
 def test_translation_streams_instead_of_reading_everything(translator):
     endless = itertools.cycle(["a b", "", "c d e"])
-    first = list(itertools.islice(translator.translate(endless), 5))
+    first = list(itertools.islice(translator.translate_lines(endless), 5))
     assert len(first) == 5 and first[1] == "" and first[4] == ""
 
 
 def test_an_overlong_line_is_cut_with_a_warning_naming_it(translator, caplog):
     translator.max_input_len = 50
     with caplog.at_level(logging.WARNING):
-        out = list(translator.translate(["a b", "a " * 10000, "c"]))
+        out = list(translator.translate_lines(["a b", "a " * 10000, "c"]))
     translator.max_input_len = 250
     assert len(out) == 3
     assert any("line 2:" in r.getMessage() and "limit of 50" in r.getMessage() for r in caplog.records)

@@ -173,12 +173,12 @@ def test_the_translate_bar_moves_with_every_decoded_batch():
     translator = Translator(tiny_model(tokenizer.vocab_size), tokenizer, DecodeConfig(beam_size=2, batch_size=8))
     lines = [s for s, _ in reversal_pairs(45, seed=4)] + ["", "  "]
     done: list[int] = []
-    out = translator.translate(lines, progress=done.append)
+    out = translator.translate_lines(lines, progress=done.append)
     first = next(out)
     assert len(done) >= 6 and sum(done) == len(lines)  # per batch, before the first line comes out
     assert len([first, *out]) == len(lines)
     with pytest.raises(TypeError, match="one sentence"):
-        list(translator.translate("a b c"))
+        list(translator.translate_lines("a b c"))
 
 
 @pytest.mark.slow

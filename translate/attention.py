@@ -13,6 +13,9 @@ For a decoder query q (B, T, Dq) and annotations h_1..h_S (B, S, Dk):
 
     a = softmax(score) over the unpadded source positions; context = sum_s a_s v_s
 
+Every score function returns its weights as (B, H, T, S): H = 1 for the single-head
+ones, one row per head for multi-head (their mean is what the heads attend to together).
+
 Everything that depends only on the annotations (projected keys, values) is computed
 once per sentence by :meth:`Attention.precompute` and handed back on every call as a
 :class:`Memory`, so beam search can reorder it like any other state.
@@ -83,9 +86,9 @@ class Attention(nn.Module):
         return Memory(self.keys(annotations), self.values(annotations), mask)
 
     def forward(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, T, Dq) -> context (B, T, context_dim), weights (B, T, S)."""
+        """query (B, T, Dq) -> context (B, T, context_dim), weights (B, H, T, S) with H = 1."""
         weights = masked_softmax(self.scores(query, memory.keys), memory.mask.unsqueeze(1))
-        return weights @ memory.values, weights
+        return weights @ memory.values, weights.unsqueeze(1)
 
 
 class Additive(Attention):
@@ -154,7 +157,7 @@ class ScaledDot(Attention):
 class MultiHead(ScaledDot):
     """Vaswani et al. 2017: `heads` scaled-dot heads over W_v h, joined and projected by W_o.
 
-    The weights returned are the mean over heads."""
+    The weights returned are each head's, (B, H, T, S)."""
 
     def __init__(self, *, query_dim: int, key_dim: int, attn_dim: int, heads: int) -> None:
         super().__init__(query_dim=query_dim, key_dim=key_dim, attn_dim=attn_dim, heads=heads)
@@ -179,7 +182,7 @@ class MultiHead(ScaledDot):
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, H, T, S)
         weights = masked_softmax(scores, memory.mask[:, None, None, :])
         context = (weights @ v).transpose(1, 2).reshape(B, T, -1)  # (B, T, A)
-        return self.out_proj(context), weights.mean(1)
+        return self.out_proj(context), weights
 
 
 class Cosine(ScaledDot):

@@ -96,9 +96,9 @@ def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8
 
     decode = replace(cfg.decode, beam_size=beam, int8=int8)
     translator = Translator.from_checkpoint(str(checkpoint), decode, device="cpu")
-    list(translator.translate(test.src[:64]))  # warm-up
+    list(translator.translate_lines(test.src[:64]))  # warm-up
     start = time.perf_counter()
-    hyps = list(translator.translate(test.src))
+    hyps = list(translator.translate_lines(test.src))
     steady = time.perf_counter() - start  # decoding alone: scoring 1000 lines takes about 1 s
     bleu = score(hyps, test.tgt)
 

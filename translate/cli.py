@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from translate.alignment import METHODS as ALIGNMENT_METHODS
 from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
 from translate.runlog import RunRecord
 
@@ -132,8 +133,9 @@ def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, proce
     """The first lines of a run: model, hardware and precision, budget."""
     m, t = cfg.model, cfg.train
     log.info(
-        "model: %s decoder, %s attention, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d",
-        m.decoder, m.attention, model_parameters, m.emb_dim, m.enc_hidden, m.dec_hidden, vocab,
+        "model: %s decoder, %s attention%s, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d",
+        m.decoder, m.attention, " and encoder self-attention" if m.encoder_self_attention else "", model_parameters,
+        m.emb_dim, m.enc_hidden, m.dec_hidden, vocab,
     )  # fmt: skip
     cpu = _cpu_name()
     log.info(
@@ -200,13 +202,26 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
         )
     corpus = load_corpus(cfg.data)
     translator = Translator.from_payload(payload, cfg.decode, device=str(device), name=str(ckpt))
+    n_best, nbest_lines = cfg.decode.n_best, []
     with progress_bar(total=len(corpus.test.src), desc=cfg.data.test_name) as bar, logging_redirect_tqdm():
-        hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=bar.update)
+        if n_best > 1:  # the n-best lists are written too; the score is the first hypotheses'
+            from translate.evaluation import score
+            from translate.formats import result_lines
+
+            results = list(translator.translate_results(corpus.test.src, n_best=n_best, progress=bar.update))
+            hyps, s = [r.text for r in results], score([r.text for r in results], corpus.test.tgt)
+            nbest_lines = list(result_lines(results, n_best=n_best, alignment=False))
+        else:
+            hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=bar.update)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
     if not problem:
         try:
             out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
             print(f"hypotheses: {out}")
+            if nbest_lines:
+                nbest = out.with_name(f"{out.name}.nbest{n_best}")
+                nbest.write_text("".join(line + "\n" for line in nbest_lines), encoding="utf-8")
+                print(f"{n_best}-best lists: {nbest}")
             return {"bleu": s.bleu, "chrf": s.chrf}
         except OSError as err:
             problem = f"could not save the hypotheses to {out}: {err.strerror or err}"
@@ -369,23 +384,38 @@ def translate_main(argv: list[str] | None = None) -> int:
         default="strict",
         help="invalid UTF-8 input: stop with an error (strict) or use U+FFFD (replace)",
     )
+    parser.add_argument(
+        "--n-best", type=int, default=1, metavar="N", help="N hypotheses per line: 'index ||| hypothesis ||| score'"
+    )
+    parser.add_argument(
+        "--alignment",
+        nargs="?",
+        const=ALIGNMENT_METHODS[0],
+        choices=ALIGNMENT_METHODS,
+        help=f"after each translation, its word alignment as i-j pairs (default reading: {ALIGNMENT_METHODS[0]})",
+    )
+    parser.add_argument("--attention-plots", metavar="DIR", help="a heatmap of the attention per line: DIR/<line>.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from translate.checkpoint import CheckpointError
+    from translate.formats import Heatmaps, result_lines
     from translate.textfile import LineError, iter_lines, write_lines, write_output
     from translate.translator import Translator, device_for
 
-    if min(args.beam, args.batch_size, args.batch_tokens) < 1:
-        parser.error("--beam, --batch-size and --batch-tokens must be at least 1")
+    if min(args.beam, args.batch_size, args.batch_tokens, args.n_best) < 1:
+        parser.error("--beam, --batch-size, --batch-tokens and --n-best must be at least 1")
+    if args.n_best > args.beam:
+        parser.error(f"--n-best {args.n_best} needs a beam at least as wide (--beam {args.beam})")
     reading_stdin = args.input in (None, "-")
     stream = args.stream or (reading_stdin and sys.stdin.isatty())
     try:
         device = device_for("cpu" if args.int8 and args.device == "auto" else args.device)
         sizes = dict(beam_size=args.beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
         cfg = replace(DecodeConfig(), **sizes, int8=args.int8)
+        plots = Heatmaps(args.attention_plots) if args.attention_plots else None  # unwritable: before any work
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
         src = sys.stdin.buffer if reading_stdin else open(args.input, "rb")
         with src:
@@ -393,7 +423,14 @@ def translate_main(argv: list[str] | None = None) -> int:
             lines = iter_lines(src, "<stdin>" if reading_stdin else args.input, errors=args.errors, hint=hint)
             total = None if reading_stdin else count_lines(args.input)
             with progress_bar(total=total, show=not stream) as bar, logging_redirect_tqdm():
-                lines = translator.translate(lines, chunk_lines=1 if stream else None, progress=bar.update)
+                chunk = dict(chunk_lines=1 if stream else None, progress=bar.update)
+                if args.n_best > 1 or args.alignment or plots:
+                    results = translator.translate_results(lines, n_best=args.n_best, alignment=args.alignment
+                                                           or ALIGNMENT_METHODS[0], **chunk)  # fmt: skip
+                    lines = result_lines(plots(results) if plots else results, n_best=args.n_best,
+                                         alignment=bool(args.alignment))  # fmt: skip
+                else:
+                    lines = translator.translate_lines(lines, **chunk)
                 write_output(args.output or "-", lambda f: write_lines(f, lines, flush_each=stream))
     except KeyboardInterrupt:
         print("translate: interrupted; an -o file is left as it was", file=sys.stderr)

@@ -112,7 +112,8 @@ class ModelConfig(_Checked):
     decoder: str = "fused"  # fused (Luong/GNMT, one nn.GRU call) | input_feed (Bahdanau)
     attention: str = "general"  # translate.attention.SCORES: bahdanau | dot | general | scaled_dot | multihead | cosine
     attn_dim: int = 512  # hidden size of additive / scaled / multi-head / cosine scoring
-    heads: int = 4  # multihead only
+    heads: int = 4  # multihead attention, and the encoder's self-attention
+    encoder_self_attention: bool = False  # one multi-head self-attention layer over the bi-GRU annotations
     dropout: float = 0.2
     tie_output: bool = True  # target embedding shared with the output layer
     share_embeddings: bool = True  # source and target embeddings shared (joint vocabulary)
@@ -128,6 +129,8 @@ class ModelConfig(_Checked):
         self._choice("attention", tuple(SCORES))
         sizes = dict(query_dim=self.dec_hidden, key_dim=2 * self.enc_hidden, attn_dim=self.attn_dim, heads=self.heads)
         check_dims(self.attention, **sizes)
+        if self.encoder_self_attention and (2 * self.enc_hidden) % self.heads:
+            self._fail("heads", f"must divide the annotation size 2 x model.enc_hidden = {2 * self.enc_hidden}")
 
 
 @dataclass
@@ -190,12 +193,16 @@ class DecodeConfig(_Checked):
     # and at most this many beam rows x source subwords per batch, which bounds decoding memory (README)
     batch_tokens: int = 20000
     int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
+    n_best: int = 1  # hypotheses kept per sentence (<= beam_size); make bleu scores the first, writes all
     checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
 
     def __post_init__(self) -> None:
         self._at_least("beam_size", 1)
         self._at_least("batch_size", 1)
         self._at_least("batch_tokens", 1)
+        self._at_least("n_best", 1)
+        if self.n_best > self.beam_size:
+            self._fail("n_best", f"must not exceed decode.beam_size={self.beam_size}")
         for name in ("length_penalty", "max_len_a", "max_len_b"):
             self._at_least(name, 0)
         if not self.checkpoint:

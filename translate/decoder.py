@@ -82,14 +82,18 @@ class Decoder(nn.Module):
         """Teacher-forced pass up to the output layer: tgt_in (B, T) -> (B, T, E), after dropout."""
         raise NotImplementedError
 
-    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        """emb (B, 1, E) -> attentional output (B, 1, E), next state."""
+    def attend_step(
+        self, emb: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """emb (B, 1, E) -> attentional output (B, 1, E), next state, attention weights (B, H, 1, S)."""
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        """tokens (B,) previous outputs -> logits (B, V), next state."""
-        out, state = self.attend_step(self.embed(tokens).unsqueeze(1), state, memory)
-        return self.output(out).squeeze(1), state
+    def step(
+        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """tokens (B,) previous outputs -> logits (B, V), next state, the step's attention (B, H, S)."""
+        out, state, weights = self.attend_step(self.embed(tokens).unsqueeze(1), state, memory)
+        return self.output(out).squeeze(1), state, weights.squeeze(2)
 
     def _attentional(self, s: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """o = tanh(W_c [s; c]): (B, T, H), (B, T, C) -> (B, T, E)."""
@@ -108,10 +112,10 @@ class FusedDecoder(Decoder):
         context, _ = self.attention(states, memory)  # (B, T, C)
         return self.dropout(self._attentional(states, context))
 
-    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory):
         s, hidden = self.rnn(emb, state.hidden)
-        context, _ = self.attention(s, memory)
-        return self._attentional(s, context), DecoderState(hidden)
+        context, weights = self.attention(s, memory)
+        return self._attentional(s, context), DecoderState(hidden), weights
 
 
 class InputFeedDecoder(Decoder):
@@ -124,14 +128,14 @@ class InputFeedDecoder(Decoder):
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
         outs = []
         for t in range(tgt_in.size(1)):
-            o, state = self.attend_step(emb[:, t : t + 1], state, memory)
+            o, state, _ = self.attend_step(emb[:, t : t + 1], state, memory)
             outs.append(o)
         return self.dropout(torch.cat(outs, dim=1))
 
-    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory) -> tuple[torch.Tensor, DecoderState]:
-        context, _ = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
+    def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory):
+        context, weights = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
         s, hidden = self.rnn(torch.cat([emb, context], dim=-1), state.hidden)  # (B, 1, H)
-        return self._attentional(s, context), DecoderState(hidden)
+        return self._attentional(s, context), DecoderState(hidden), weights
 
 
 # model.decoder -> its class; the config checks choices against these keys

@@ -1,4 +1,7 @@
-"""Bidirectional GRU encoder (Bahdanau et al. 2015, sec. 3.2) over packed sequences."""
+"""Bidirectional GRU encoder (Bahdanau et al. 2015, sec. 3.2) over packed sequences,
+optionally followed by one multi-head self-attention layer over its annotations
+(Vaswani et al. 2017, sec. 3.2.2; residual connection and layer norm, sec. 3.1), which
+lets every annotation read the whole sentence directly (``model.encoder_self_attention``)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,16 @@ class Encoder(nn.Module):
     adds, which is what makes a translation independent of the batch it is in.
     """
 
-    def __init__(self, embed: nn.Embedding, *, hidden: int, layers: int, dropout: float) -> None:
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        *,
+        hidden: int,
+        layers: int,
+        dropout: float,
+        self_attention: bool = False,
+        heads: int = 4,
+    ) -> None:
         super().__init__()
         self.embed = embed
         self.dropout = nn.Dropout(dropout)
@@ -27,6 +39,11 @@ class Encoder(nn.Module):
             dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dim = 2 * hidden
+        if self_attention:
+            self.self_attention = nn.MultiheadAttention(self.out_dim, heads, dropout=dropout, batch_first=True)
+            self.norm = nn.LayerNorm(self.out_dim)
+        else:
+            self.self_attention = None
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S), src_lengths (B,) -> annotations (B, S, 2H), final (B, 2H).
@@ -38,4 +55,9 @@ class Encoder(nn.Module):
         packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h = self.rnn(packed)  # h (2L, B, H)
         annotations, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        if self.self_attention is not None:
+            padding = torch.arange(src.size(1), device=src.device)[None, :] >= src_lengths.to(src.device)[:, None]
+            mixed, _ = self.self_attention(annotations, annotations, annotations, key_padding_mask=padding,
+                                           need_weights=False)  # fmt: skip
+            annotations = self.norm(annotations + self.dropout(mixed)).masked_fill(padding.unsqueeze(-1), 0.0)
         return annotations, torch.cat([h[-2], h[-1]], dim=-1)

@@ -49,7 +49,7 @@ def translate_split(
     """Decode `src` with a Translator and score it against `refs`; returns (hypotheses, scores).
 
     `progress` (a progress bar's update) hears of every decoded batch."""
-    hyps = list(translator.translate(src, progress=progress))
+    hyps = list(translator.translate_lines(src, progress=progress))
     return hyps, score(hyps, refs)
 
 

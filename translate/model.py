@@ -6,6 +6,10 @@ does):
     memory, state = model.encode(src, src_lengths)
     log_probs, state = model.decode_step(prev_tokens, state, memory)
     state = model.reorder(state, index)        # also memory, for beam tiling / pruning
+
+``decode_step(..., need_attention=True)`` also returns the step's attention weights
+(B, H, S): what each head of the step attended to (H = 1 but for multi-head). The
+weights are computed in any case, so asking costs nothing in the model.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ class Seq2Seq(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         tgt_embed = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
-        self.encoder = Encoder(src_embed, hidden=cfg.enc_hidden, layers=cfg.enc_layers, dropout=cfg.dropout)
+        self.encoder = Encoder(
+            src_embed,
+            hidden=cfg.enc_hidden,
+            layers=cfg.enc_layers,
+            dropout=cfg.dropout,
+            self_attention=cfg.encoder_self_attention,
+            heads=cfg.heads,
+        )
         attention = make_attention(
             cfg.attention,
             query_dim=cfg.dec_hidden,
@@ -61,6 +72,8 @@ class Seq2Seq(nn.Module):
                     p[PAD].zero_()
             elif p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+            elif name.endswith("norm.weight"):
+                nn.init.ones_(p)  # a layer norm starts as the identity
             else:
                 nn.init.zeros_(p)
 
@@ -70,12 +83,12 @@ class Seq2Seq(nn.Module):
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths.to(src.device)[:, None]
         return self.decoder.attention.precompute(annotations, mask), self.decoder.init_state(final)
 
-    def decode_step(
-        self, tokens: torch.Tensor, state: DecoderState, memory: Memory
-    ) -> tuple[torch.Tensor, DecoderState]:
-        """tokens (B,) -> log-probabilities (B, V) in fp32, next state."""
-        logits, state = self.decoder.step(tokens, state, memory)
-        return F.log_softmax(logits.float(), dim=-1), state
+    def decode_step(self, tokens: torch.Tensor, state: DecoderState, memory: Memory, *, need_attention: bool = False):
+        """tokens (B,) -> log-probabilities (B, V) in fp32, next state; with `need_attention`,
+        also the step's attention weights (B, H, S) in fp32."""
+        logits, state, weights = self.decoder.step(tokens, state, memory)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        return (log_probs, state, weights.float()) if need_attention else (log_probs, state)
 
     @staticmethod
     def reorder(x: Reorderable, index: torch.Tensor) -> Reorderable:

@@ -10,6 +10,7 @@ that only reads a run (``bleu``) keeps nothing in it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from logging.handlers import MemoryHandler
@@ -108,3 +109,49 @@ class Sweep:
 
 def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+class MetricsLog:
+    """The run's figures as it trains: ``metrics.jsonl`` (one JSON object a line, appended:
+    a resumed run adds to the history, never rewrites it), ``curves.png`` (loss and BLEU
+    against updates and minutes, redrawn at each validation) and, when the optional
+    ``tensorboard`` package is installed, TensorBoard event files in ``tensorboard/``."""
+
+    def __init__(self, folder: str | Path, *, enabled: bool = True) -> None:
+        self.folder, self.enabled = Path(folder), enabled
+        self.path = self.folder / "metrics.jsonl"
+        self._tb = _tensorboard(self.folder / "tensorboard") if enabled else None
+
+    def add(self, kind: str, step: int, minutes: float, **figures: float) -> None:
+        """Append one record: kind "train" (loss, lr, tokens_per_s) or "valid" (valid_loss, ...)."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "minutes": round(minutes, 4), **figures}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in figures.items():
+                self._tb.add_scalar(f"{kind}/{name}", value, step)
+            self._tb.flush()
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def draw(self) -> None:
+        """Redraw curves.png from every record so far."""
+        if not self.enabled:
+            return
+        from translate.plots import training_curves
+
+        training_curves(self.folder / "curves.png", self.records())
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra: pip install 'attention-translate[tensorboard]'
+        return None
+    return SummaryWriter(log_dir=str(folder))

@@ -32,12 +32,15 @@ from translate.data import Split
 from translate.distributed import SINGLE, Group, agree, any_of, check_in_sync, shard
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner, NoTrainingState, StepResult
+from translate.runlog import MetricsLog
 from translate.schedule import EarlyStopping, budget_fraction, lr_at
+from translate.textfile import has_text
 from translate.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 LOG_SECONDS = 60  # a log line at least this often, whatever train.log_every says
+PICTURES = 3  # validation sentences whose attention is drawn at each validation
 
 
 class TrainingError(RuntimeError):
@@ -137,7 +140,8 @@ def fit(
             return p
     if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
         torch.manual_seed(cfg.seed + 7919 * group.rank + p.step)
-    validation = Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group)
+    metrics = MetricsLog(run.path, enabled=group.is_main)
+    validation = Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group, metrics=metrics)
     bar = tqdm(
         total=cfg.max_steps or (int(cfg.max_time * 60) if cfg.max_time else None),
         initial=p.step if cfg.max_steps else int(p.elapsed),  # a resumed run's bar starts where it stopped
@@ -147,7 +151,7 @@ def fit(
         dynamic_ncols=True,
     )
     with StopRequest() as stop, logging_redirect_tqdm():  # log lines printed above the bar, never through it
-        interrupted = _loop(learner, train, p, validation, stop=stop, bar=bar, cfg=cfg, group=group)
+        interrupted = _loop(learner, train, p, validation, stop=stop, bar=bar, cfg=cfg, group=group, metrics=metrics)
     bar.close()
     if interrupted:
         run.save("last.pt", _payload(learner, tokenizer, p, with_state=True))
@@ -155,7 +159,9 @@ def fit(
     return p
 
 
-def _loop(learner, train, p: Progress, validation, *, stop, bar, cfg: TrainConfig, group: Group) -> bool:
+def _loop(
+    learner, train, p: Progress, validation, *, stop, bar, cfg: TrainConfig, group: Group, metrics: MetricsLog
+) -> bool:
     """The epochs: one update per batch, one agreement per update, validations on schedule.
 
     Returns True if a stop signal ended it before the run was done."""
@@ -188,6 +194,7 @@ def _loop(learner, train, p: Progress, validation, *, stop, bar, cfg: TrainConfi
                 bar.update(1 if cfg.max_steps else int(p.elapsed) - bar.n)
                 if p.step % cfg.log_every == 0 or window.age() >= LOG_SECONDS or p.step == 1:
                     _log_step(p, result.nll, lr, window.rate(), bar, cfg)
+                    metrics.add("train", p.step, p.elapsed / 60, loss=result.nll, lr=lr, tokens_per_s=window.rate())
                     window.reset()
             out_of_time = budget_s is not None and p.elapsed >= budget_s
             out_of_steps = cfg.max_steps is not None and p.step >= cfg.max_steps
@@ -288,9 +295,13 @@ class Validation:
         cfg: TrainConfig,
         run: RunFolder,
         group: Group = SINGLE,
+        metrics: MetricsLog | None = None,
     ) -> None:
         self.learner, self.tokenizer, self.valid = learner, tokenizer, valid
         self.cfg, self.run, self.group = cfg, run, group
+        self.metrics = metrics or MetricsLog(run.path, enabled=False)
+        # the sentences whose attention is drawn at every validation: the first few with text
+        self.pictured = [i for i, line in enumerate(valid.src) if has_text(line)][:PICTURES]
         self.search = DecodeConfig(beam_size=cfg.valid_beam, batch_size=cfg.valid_batch_size)
         self._batches: list | None = None  # tokenized and batched once, reused by every validation
 
@@ -322,6 +333,9 @@ class Validation:
                 progress=bar.update,
             )
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
+        self.metrics.add("valid", p.step, p.elapsed / 60, **m)
+        self.metrics.draw()
+        self._draw_attention(p.step)
         improved = p.stopping.update(m["valid_bleu"], p.step, cfg)
         if p.stopping.should_stop(cfg):
             log.info("early stopping: no BLEU gain in %d validations", p.stopping.bad_validations)
@@ -341,3 +355,17 @@ class Validation:
         if improved:
             self.run.save("best.pt", _payload(self.learner, self.tokenizer, p, with_state=False))
         self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
+
+    def _draw_attention(self, step: int) -> None:
+        """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
+        from translate.formats import draw_heatmap
+        from translate.translator import Translator
+
+        if not self.pictured:
+            return
+        translator = Translator(self.learner.model, self.tokenizer, self.search)
+        results = translator.translate_detailed([self.valid.src[i] for i in self.pictured], n_best=1)
+        for i, result in zip(self.pictured, results):
+            if result.hypotheses:
+                path = self.run.path / "attention" / f"step{step}" / f"valid{i + 1}.png"
+                draw_heatmap(path, result, title=f"validation line {i + 1}, step {step}")
