@@ -199,10 +199,10 @@ def test_the_readme_python_example_runs(reversal_run, tmp_path, capsys):
     section = readme.split("## From Python", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("runs/multi30k.en-de/best.pt", str(reversal_run / "run" / "best.pt"))
-    code = code.replace("A dog runs through the grass.", "a b c d").replace("Two men talk.", "e f")
+    code = code.replace("A dog runs through the grass.", "a b c d").replace("Two men talk.", "e f g")
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "D C B A" and printed[1].startswith("['F E', ")  # a string, then a list in order
+    assert printed[0] == "D C B A" and printed[1].startswith("['G F E', ")  # a string, then a list in order
     t = Translator.load(str(reversal_run / "run" / "best.pt"), beam=2)
     assert isinstance(t.translate("a b"), str) and t.translate(["a b"]) == [t.translate("a b")]
     with pytest.raises(TypeError, match="strings"):

@@ -4,6 +4,7 @@ checkpoints. On a CPU without fast bf16 it still runs, slowly, so it is tested h
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import nullcontext
 
@@ -16,7 +17,7 @@ from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner
-from translate.precision import resolve_precision
+from translate.precision import choose_precision, probe
 from translate.schedule import lr_at
 from translate.training import Progress, Validation
 
@@ -25,15 +26,41 @@ from .conftest import reversal_pairs, reversal_tokenizer, tiny_model
 CPU = torch.device("cpu")
 
 
-def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(caplog):
-    fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert resolve_precision("auto", CPU) == ("bf16" if fast else "fp32")
-    assert resolve_precision("fp32", CPU) == "fp32"
+def test_precision_auto_is_chosen_by_a_timed_probe_and_cached(tmp_path, caplog):
+    model = tiny_model(40)
+    calls: list[int] = []
+
+    def fake(figures):
+        return lambda m, device, batch_tokens: calls.append(batch_tokens) or figures
+
+    cache = tmp_path / "probe.json"
+    faster = choose_precision("auto", CPU, model, cache=cache, measure=fake({"fp32": 1.0, "bf16": 0.5}), supported=True)
+    assert faster.precision == "bf16" and "1000 ms in fp32, 500 ms in bf16" in faster.reason and calls == [1500]
+    again = choose_precision("auto", CPU, model, cache=cache, measure=fake({"fp32": 1.0, "bf16": 9.0}), supported=True)
+    assert again.precision == "bf16" and calls == [1500] and "cached in" in again.reason  # the cache answered
+    slower = choose_precision("auto", CPU, model, batch_tokens=3000, cache=cache,
+                              measure=fake({"fp32": 1.0, "bf16": 0.95}), supported=True)  # fmt: skip
+    assert slower.precision == "fp32" and calls == [1500, 3000]  # not clearly faster: fp32
+    assert len(json.loads(cache.read_text())) == 2  # one entry per machine, model shape and batch size
+    none = choose_precision("auto", CPU, model, measure=fake({"fp32": 1.0, "bf16": 0.1}), supported=False)
+    assert none.precision == "fp32" and "no bf16" in none.reason and calls == [1500, 3000]  # no probe at all
+    assert choose_precision("fp32", CPU, model, supported=True).precision == "fp32"
     with caplog.at_level(logging.WARNING):
-        assert resolve_precision("bf16", CPU) == "bf16"  # asked for: honoured, with a warning where it is slow
-    assert any("no fast bf16" in r.getMessage() for r in caplog.records) == (not fast)
+        assert choose_precision("bf16", CPU, model, supported=False).precision == "bf16"  # asked for: honoured
+    assert any("no bf16 arithmetic" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="auto, bf16, fp32"):
-        resolve_precision("fp16", CPU)
+        choose_precision("fp16", CPU, model)
+
+
+def test_the_probe_times_both_precisions_and_leaves_the_model_and_random_state_alone():
+    model = tiny_model(40)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    figures = probe(model, CPU, batch_tokens=200, reps=1)
+    assert set(figures) == {"fp32", "bf16"} and all(v > 0 for v in figures.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def loss_of(learner: Learner, batch, autocast: bool = True) -> float:

@@ -79,6 +79,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     from translate.data import DataError, prepare, tokenize_pairs
     from translate.learner import Learner
     from translate.model import Seq2Seq, count_parameters
+    from translate.precision import choose_precision
     from translate.training import Interrupted, fit
 
     group, device = distributed.init(setup_torch(cfg))
@@ -103,7 +104,14 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                     "(data.valid_split / data.valid_prefix)"
                 )
             model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
-            learner = Learner(model, cfg.train, device=device, group=group)
+            # process 0 times the precisions (train.precision=auto); the others then read its figures
+            probe = dict(batch_tokens=cfg.train.batch_tokens, cache=Path(cfg.data.artefacts) / "precision_probe.json")
+            if not group.is_main:
+                sync()
+            precision = choose_precision(cfg.train.precision, device, model, **probe)
+            if group.is_main:
+                sync()
+            learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
             examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
             _log_setup(cfg, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, learner=learner,
                        processes=group.world_size)  # fmt: skip
@@ -137,15 +145,21 @@ def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, proce
         m.decoder, m.attention, " and encoder self-attention" if m.encoder_self_attention else "", model_parameters,
         m.emb_dim, m.enc_hidden, m.dec_hidden, vocab,
     )  # fmt: skip
-    cpu = _cpu_name()
+    from translate.precision import cpu_features, cpu_name
+
+    if learner.device.type == "cuda":
+        where = torch.cuda.get_device_name(learner.device)
+    else:
+        where = f"{cpu_name()}; {' '.join(cpu_features()) or 'no AVX2'}"
     log.info(
-        "device %s%s, %d threads%s, precision %s (train.precision=%s)",
+        "device %s (%s), %d threads%s; precision %s (train.precision=%s: %s)",
         learner.device,
-        f" ({cpu})" if learner.device.type == "cpu" and cpu else "",
+        where,
         torch.get_num_threads(),
         f", {processes} processes" if processes > 1 else "",
         learner.precision,
         t.precision,
+        learner.precision_reason,
     )
     budget = [f"{t.max_time:g} minutes" if t.max_time else "", f"{t.max_steps} steps" if t.max_steps else ""]
     log.info(
@@ -157,16 +171,6 @@ def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, proce
         t.valid_every,
         f"{t.patience} validations without a gain" if t.patience else "never",
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        import platform
-
-        return platform.processor()
 
 
 def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:

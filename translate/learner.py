@@ -16,7 +16,7 @@ from translate.batching import Batch
 from translate.config import TrainConfig
 from translate.distributed import SINGLE, Group, wrap
 from translate.model import Seq2Seq
-from translate.precision import autocast_for, resolve_precision
+from translate.precision import Choice, autocast_for, choose_precision
 
 
 class NoTrainingState(RuntimeError):
@@ -37,13 +37,23 @@ class Learner:
     processes can agree between them whether the step is taken; :meth:`step` does both
     for a single process."""
 
-    def __init__(self, model: Seq2Seq, cfg: TrainConfig, *, device: torch.device, group: Group = SINGLE) -> None:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        group: Group = SINGLE,
+        precision: Choice | None = None,
+    ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         self.net = wrap(model, group)  # model.features, under DDP when distributed
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
-        self.precision = resolve_precision(cfg.precision, device)
+        # `precision` as chosen already (the command line does, before any collective), or chosen here
+        choice = precision or choose_precision(cfg.precision, device, model, batch_tokens=cfg.batch_tokens)
+        self.precision, self.precision_reason = choice.precision, choice.reason
 
     def autocast(self):
         return autocast_for(self.precision, self.device)
@@ -78,6 +88,7 @@ class Learner:
         """What last.pt holds besides the weights, as plain data and tensors; `progress` is a dataclass."""
         return {
             "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision,  # a resumed run keeps it, whatever a new probe would say
             "progress": asdict(progress),
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
@@ -91,5 +102,6 @@ class Learner:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        self.precision = state.get("precision", self.precision)
         random.setstate((3, tuple(state["python_rng"]), None))
         return state["progress"]

@@ -127,7 +127,9 @@ def fit(
             p = Progress.from_dict(learner.restore(run.take_last()))
         except NoTrainingState as err:
             raise TrainingError(f"cannot resume from {run.last}: {err}; pass overwrite=true to start over") from None
-        log.info("resumed from %s at step %d (epoch %d)", run.last, p.step, p.epoch + 1)
+        log.info(
+            "resumed from %s at step %d (epoch %d), in %s as before", run.last, p.step, p.epoch + 1, learner.precision
+        )
         if p.done:
             log.warning(
                 "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
