@@ -139,6 +139,7 @@ def test_the_first_lines_of_a_run_say_what_it_is(reversal_run):
 
 def test_an_unreachable_hub_fails_fast_with_one_message_in_the_users_terms(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
+    # the "hub" is a closed port on this machine (discard, 9): nothing leaves it, no name is looked up
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "translate", "train", "data.src_lang=en", "data.tgt_lang=fr",
                            "run_dir=run"], cwd=tmp_path, env=env, capture_output=True, timeout=300)  # fmt: skip

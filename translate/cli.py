@@ -213,7 +213,8 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
             from translate.formats import result_lines
 
             results = list(translator.translate_results(corpus.test.src, n_best=n_best, progress=bar.update))
-            hyps, s = [r.text for r in results], score([r.text for r in results], corpus.test.tgt)
+            hyps = [r.text for r in results]
+            s = score(hyps, corpus.test.tgt)
             nbest_lines = list(result_lines(results, n_best=n_best, alignment=False))
         else:
             hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=bar.update)

@@ -26,7 +26,7 @@ def result_lines(results: Iterable[Translation], *, n_best: int, alignment: bool
     """The output lines for a stream of results, in input order."""
     for index, result in enumerate(results):
         if n_best > 1 or not alignment:
-            hyps = result.hypotheses or []
+            hyps = result.hypotheses
             for k in range(n_best):
                 h = hyps[k] if k < len(hyps) else None  # an empty line: N empty hypotheses
                 fields = [str(index), h.text if h else "", f"{h.score:.4f}" if h else "0.0000"]

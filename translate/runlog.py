@@ -120,6 +120,7 @@ class MetricsLog:
     def __init__(self, folder: str | Path, *, enabled: bool = True) -> None:
         self.folder, self.enabled = Path(folder), enabled
         self.path = self.folder / "metrics.jsonl"
+        self._records = self.read(self.folder) if enabled else []  # a resumed run's history, read once
         self._tb = _tensorboard(self.folder / "tensorboard") if enabled else None
 
     def add(self, kind: str, step: int, minutes: float, **figures: float) -> None:
@@ -129,15 +130,19 @@ class MetricsLog:
         record = {"kind": kind, "step": step, "minutes": round(minutes, 4), **figures}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        self._records.append(record)
         if self._tb is not None:
             for name, value in figures.items():
                 self._tb.add_scalar(f"{kind}/{name}", value, step)
             self._tb.flush()
 
-    def records(self) -> list[dict]:
-        if not self.path.exists():
+    @staticmethod
+    def read(folder: str | Path) -> list[dict]:
+        """The records of the run in `folder` (none if it has no metrics.jsonl); writes nothing."""
+        path = Path(folder) / "metrics.jsonl"
+        if not path.exists():
             return []
-        with open(self.path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
     def draw(self) -> None:
@@ -146,7 +151,7 @@ class MetricsLog:
             return
         from translate.plots import training_curves
 
-        training_curves(self.folder / "curves.png", self.records())
+        training_curves(self.folder / "curves.png", self._records)
 
 
 def _tensorboard(folder: Path):

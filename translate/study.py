@@ -43,7 +43,7 @@ def study_run(run: Path, src: list[str], refs: list[str], *, sentence: int, out:
     s = score(hyps, refs)
     results = list(translator.translate_results(src))
     rows = [h.heads.mean(0)[:-1] for r in results for h in r.hypotheses[:1]]  # each output piece's row
-    train = [r["tokens_per_s"] for r in MetricsLog(run).records() if r["kind"] == "train" and r["step"] > 1]
+    train = [r["tokens_per_s"] for r in MetricsLog.read(run) if r["kind"] == "train" and r["step"] > 1]
     picture = draw_heatmap(out / f"{run.name}.png", results[sentence], title=describe(run))
     return {
         "run": str(run),

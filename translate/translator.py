@@ -78,7 +78,6 @@ class Translator:
         self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
         self.max_input_len = max_input_len
         self.device = next(model.parameters()).device
-        self._progress: Callable[[int], object] = lambda n: None
 
     @classmethod
     def load(cls, path: str, *, beam: int = DecodeConfig.beam_size, device: str = "auto", **decode) -> Translator:
@@ -139,7 +138,7 @@ class Translator:
         within a chunk; 1 translates each line as soon as it arrives. `progress` (a progress
         bar's update) hears how many lines each decoded batch finished, before the chunk's
         lines come out in order."""
-        for _, hyps in self._hypotheses(lines, first_line, chunk_lines, progress, n_best=1, need_attention=False):
+        for _, _, hyps in self._hypotheses(lines, first_line, chunk_lines, progress, n_best=1, need_attention=False):
             yield self._text(hyps[0]) if hyps else ""
 
     def translate_results(
@@ -158,18 +157,18 @@ class Translator:
         n_best = n_best or self.cfg.n_best
         if n_best > self.cfg.beam_size:
             raise ValueError(f"n_best={n_best} cannot exceed the beam size {self.cfg.beam_size}")
-        for line, hyps in self._hypotheses(
+        for line, ids, hyps in self._hypotheses(
             lines, first_line, chunk_lines, progress, n_best=n_best, need_attention=True
         ):
-            yield self._translation(line, hyps, alignment)
+            yield self._translation(line, ids, hyps, alignment)
 
     def _text(self, hyp: Hypothesis) -> str:
         return " ".join(self.tokenizer.decode([hyp.tokens])[0].split())  # no stray newlines or control whitespace
 
-    def _translation(self, line: str, hyps: list[Hypothesis], method: str) -> Translation:
+    def _translation(self, line: str, ids: list[int], hyps: list[Hypothesis], method: str) -> Translation:
         if not hyps:
             return Translation(line, [])
-        src = self._pieces(self._encode([line])[0])  # what the model read, cut to the input limit
+        src = self._pieces(ids)  # what the model read, cut to the input limit
         out = []
         for h in hyps:
             tgt = self._pieces(h.tokens)
@@ -196,35 +195,37 @@ class Translator:
         return [seq[: self.max_input_len] for seq in ids]
 
     def _hypotheses(self, lines, first_line, chunk_lines, progress, *, n_best: int, need_attention: bool):
-        """Per input line, (the line, its hypotheses best first: [] for a line without text)."""
+        """Per input line: the line, the subword ids the model read, its hypotheses best first
+        (no ids and no hypotheses for a line without text)."""
         if isinstance(lines, str):
             raise TypeError("translate_lines() takes an iterable of lines; for one sentence use translate(sentence)")
         chunk_lines = chunk_lines or CHUNK_LINES
-        self._progress = progress or (lambda n: None)
+        progress = progress or (lambda n: None)
         chunk: list[str] = []
         start = first_line
         for line in lines:
             chunk.append(line)
             if len(chunk) == chunk_lines:
-                yield from self._translate_chunk(chunk, start, n_best, need_attention)
+                yield from self._translate_chunk(chunk, start, progress, n_best, need_attention)
                 start += len(chunk)
                 chunk = []
         if chunk:
-            yield from self._translate_chunk(chunk, start, n_best, need_attention)
+            yield from self._translate_chunk(chunk, start, progress, n_best, need_attention)
 
-    def _translate_chunk(self, lines: list[str], first_line: int, n_best: int, need_attention: bool):
+    def _translate_chunk(self, lines: list[str], first_line: int, progress, n_best: int, need_attention: bool):
         out: list[list[Hypothesis]] = [[] for _ in lines]
+        line_ids: list[list[int]] = [[] for _ in lines]
         todo = [i for i, line in enumerate(lines) if has_text(line)]
         if len(todo) < len(lines):
-            self._progress(len(lines) - len(todo))  # empty lines: done at once
+            progress(len(lines) - len(todo))  # empty lines: done at once
         ids = self._encode([lines[i] for i in todo], [first_line + i for i in todo])
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
         for part in self._batches(order, ids):
             nbest = self.search([ids[j] for j in part], n_best=n_best, need_attention=need_attention)
             for j, hyps in zip(part, nbest):
-                out[todo[j]] = hyps
-            self._progress(len(part))
-        return list(zip(lines, out))
+                out[todo[j]], line_ids[todo[j]] = hyps, ids[j]
+            progress(len(part))
+        return list(zip(lines, line_ids, out))
 
     def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
         """Sentences, shortest first, in batches of at most decode.batch_size sentences and
