@@ -118,6 +118,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if record is not None and group.is_main:
                 record.keep(cfg.run_dir)
             progress = fit(learner, tokenizer, examples, corpus.valid, cfg=cfg.train, run=run, group=group)
+            sync()  # all processes done before any tears the process group down (a lone exit aborted its peer)
     except Interrupted as stop:
         log.warning(
             "stopped at step %d; %s holds the state: run the same command again to resume",
