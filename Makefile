@@ -8,10 +8,10 @@ NPROC ?= 1
 BENCH_DATA ?= ../shared/data/multi30k
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train bleu translate test lint format clean
+.PHONY: help install prepare train bleu translate bench bench-scale test lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## create the virtualenv (torch pinned by constraints.txt) and install translate
+
+prepare: $(STAMP) ## download the corpus, train SentencePiece and tokenize the training split once (train does it when needed)
+	$(PY) -m translate prepare $(ARGS)
 
 train: $(STAMP) ## download the corpus, train SentencePiece and the model (ARGS="train.max_time=10 ...", NPROC=N: torchrun)
 ifeq ($(NPROC),1)
@@ -36,6 +39,9 @@ translate: $(STAMP) ## translate a text file line by line (ARGS="--model runs/mu
 
 bench: $(STAMP) ## benchmark: throughput, decoding, time-to-BLEU, peer (ARGS="bench.quick=true bench.peer=joeynmt")
 	$(PY) -m translate bench data.path=$(BENCH_DATA) run_dir=runs/bench $(ARGS)
+
+bench-scale: $(STAMP) ## memory and time of prepare and training on 29k, 1M and 4.5M-pair corpora (ARGS="--sizes 29000 1000000")
+	$(PY) -m translate.scale --multi30k $(BENCH_DATA) $(ARGS)
 
 test: $(STAMP) ## run the test suite (no network, no ../shared needed)
 	$(PY) -m pytest -q $(ARGS)

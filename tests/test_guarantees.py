@@ -19,7 +19,8 @@ import torch
 
 from translate.checkpoint import CheckpointError, RunFolder, load_checkpoint, model_payload, save_checkpoint
 from translate.config import DecodeConfig
-from translate.data import DataError, load_corpus, prepare
+from translate.data import DataError, load_corpus
+from translate.prepared import prepare
 from translate.textfile import has_text, write_lines, write_output
 from translate.translator import Translator
 

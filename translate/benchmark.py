@@ -34,20 +34,19 @@ from typing import Any
 import torch
 
 from translate.config import BenchRunConfig
-from translate.data import Split, load_corpus
+from translate.data import Split, load_split
 from translate.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
 
 def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
-    from translate.data import prepare, tokenize_pairs
     from translate.learner import Learner
     from translate.model import Seq2Seq
+    from translate.prepared import prepare
 
     torch.manual_seed(cfg.train.seed)
-    corpus, tokenizer = prepare(cfg.data)
-    examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
+    tokenizer, examples = prepare(cfg.data, progress=False)
     model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
     lr = lr_at(cfg.train, cfg.train.warmup_steps + 1, 0.1)  # a mid-run learning rate
@@ -153,7 +152,7 @@ def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str) -> dict[str, Any]:
     train_subprocess(cfg, args)
     minutes = (time.perf_counter() - start) / 60
     direction = replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir))
-    result = decoding(direction, load_corpus(direction.data).test, run_dir / "best.pt", beam=5)
+    result = decoding(direction, load_split(direction.data, "test"), run_dir / "best.pt", beam=5)
     return {
         "bleu": result["bleu"],
         "chrf": result["chrf"],
@@ -280,7 +279,7 @@ def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], overrides: lis
 def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> None:
     checkpoint = decoding_checkpoint(cfg, fig, overrides)
     fig["decode_checkpoint"] = str(checkpoint)
-    test = load_corpus(cfg.data).test
+    test = load_split(cfg.data, "test")
     kinds = [("greedy", 1, False), ("beam5", 5, False)]
     if cfg.bench.int8:
         kinds += [("greedy_int8", 1, True), ("beam5_int8", 5, True)]

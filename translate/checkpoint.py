@@ -230,10 +230,11 @@ class RunFolder:
                 if is_main:
                     for name in ("last.pt", "best.pt"):
                         (path / name).unlink(missing_ok=True)
-            elif resume and previous != identity:
-                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            elif resume and (changed := _changed(previous, identity)):
+                data = " (data_fingerprint: the training data is not the data this run trained on)"
                 raise RunFolderError(
-                    f"{path} holds a run with a different configuration ({', '.join(changed[:8])}). "
+                    f"{path} holds a run with a different configuration ({', '.join(changed[:8])})"
+                    f"{data if 'data_fingerprint' in changed else ''}. "
                     "Choose another run_dir=..., or pass overwrite=true to replace it."
                 )
         except BaseException:
@@ -271,6 +272,11 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _changed(previous: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """Keys whose values differ; a key the earlier run did not record (an older translate) is not compared."""
+    return sorted(k for k in set(previous) | set(identity) if k in previous and previous[k] != identity.get(k))
 
 
 def _remove_leftovers(folder: Path) -> None:

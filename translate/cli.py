@@ -76,33 +76,40 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     gets its log and configuration (`record`) only once everything has been checked."""
     from translate import distributed
     from translate.checkpoint import RunFolder
-    from translate.data import DataError, prepare, tokenize_pairs
+    from translate.data import DataError, describe, open_source
     from translate.learner import Learner
     from translate.model import Seq2Seq, count_parameters
     from translate.precision import choose_precision
+    from translate.prepared import prepare as prepare_pairs
     from translate.training import Interrupted, fit
 
     group, device = distributed.init(setup_torch(cfg))
     sync = lambda: distributed.barrier(group)  # noqa: E731
     try:
-        with RunFolder.open(
-            cfg.run_dir, run_identity(cfg), overwrite=cfg.overwrite, is_main=group.is_main, sync=sync
-        ) as run:
+        if not group.is_main:
+            sync()  # process 0 reads the corpus first (a hub dataset is cached then), the others after it
+        source = open_source(cfg.data)
+        # the run records what it trains on, by content: a resume on other data is refused
+        identity = {**run_identity(cfg), "data_fingerprint": source.fingerprint()}
+        if group.is_main:
+            sync()
+        with RunFolder.open(cfg.run_dir, identity, overwrite=cfg.overwrite, is_main=group.is_main, sync=sync) as run:
             start = f"resuming the run from step {run.resume_step}" if run.resume else "a new run"
             log.info("run folder %s: %s", cfg.run_dir, start)
             torch.manual_seed(cfg.train.seed)
             random.seed(cfg.train.seed)
-            if not group.is_main:
-                sync()  # process 0 downloads and trains SentencePiece; the others then reuse them
-            corpus, tokenizer = prepare(cfg.data)
-            if group.is_main:
-                sync()
-            if not len(corpus.valid):  # found now, not after the first validation's worth of updates
-                where = cfg.data.path or cfg.data.hub_id
+            describe(source)
+            valid = validation_split(source, cfg.train.valid_sentences)
+            if not len(valid):  # found now, not after the first validation's worth of updates
                 raise DataError(
-                    f"the validation split of {where} is empty: training needs it to choose best.pt "
+                    f"the validation split of {source.name} is empty: training needs it to choose best.pt "
                     "(data.valid_split / data.valid_prefix)"
                 )
+            if not group.is_main:
+                sync()  # process 0 trains SentencePiece and tokenizes the corpus; the others then open them
+            tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
+            if group.is_main:
+                sync()
             model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
             # process 0 times the precisions (train.precision=auto); the others then read its figures
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=Path(cfg.data.artefacts) / "precision_probe.json")
@@ -112,12 +119,11 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
-            examples = tokenize_pairs(corpus.train, tokenizer, cfg.data.max_len)
             _log_setup(cfg, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, learner=learner,
                        processes=group.world_size)  # fmt: skip
             if record is not None and group.is_main:
                 record.keep(cfg.run_dir)
-            progress = fit(learner, tokenizer, examples, corpus.valid, cfg=cfg.train, run=run, group=group)
+            progress = fit(learner, tokenizer, pairs, valid, cfg=cfg.train, run=run, group=group)
             sync()  # all processes done before any tears the process group down (a lone exit aborted its peer)
     except Interrupted as stop:
         log.warning(
@@ -136,6 +142,19 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
         Path(cfg.run_dir) / "best.pt",
     )
     return best
+
+
+def validation_split(source, cap: int | None):
+    """The validation pairs used during training: the split's first `cap` (all when None), read no further."""
+    from translate.data import Split
+
+    if cap is None:
+        return source.split("valid")
+    first = next(iter(source.chunks("valid", size=cap)), Split([], []))
+    total = source.size("valid")
+    if total > len(first):
+        log.info("validation during training: the first %d of %d pairs (train.valid_sentences)", len(first), total)
+    return first
 
 
 def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int) -> None:
@@ -183,7 +202,7 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from translate.checkpoint import load_checkpoint
-    from translate.data import load_corpus
+    from translate.data import load_split
     from translate.evaluation import translate_split
     from translate.translator import Translator
 
@@ -205,20 +224,20 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
             cfg.data.src_lang,
             cfg.data.tgt_lang,
         )
-    corpus = load_corpus(cfg.data)
+    test = load_split(cfg.data, "test")
     translator = Translator.from_payload(payload, cfg.decode, device=str(device), name=str(ckpt))
     n_best, nbest_lines = cfg.decode.n_best, []
-    with progress_bar(total=len(corpus.test.src), desc=cfg.data.test_name) as bar, logging_redirect_tqdm():
+    with progress_bar(total=len(test.src), desc=cfg.data.test_name) as bar, logging_redirect_tqdm():
         if n_best > 1:  # the n-best lists are written too; the score is the first hypotheses'
             from translate.evaluation import score
             from translate.formats import result_lines
 
-            results = list(translator.translate_results(corpus.test.src, n_best=n_best, progress=bar.update))
+            results = list(translator.translate_results(test.src, n_best=n_best, progress=bar.update))
             hyps = [r.text for r in results]
-            s = score(hyps, corpus.test.tgt)
+            s = score(hyps, test.tgt)
             nbest_lines = list(result_lines(results, n_best=n_best, alignment=False))
         else:
-            hyps, s = translate_split(translator, corpus.test.src, corpus.test.tgt, progress=bar.update)
+            hyps, s = translate_split(translator, test.src, test.tgt, progress=bar.update)
     print(s.report(f"{cfg.data.test_name} {cfg.data.src_lang}-{cfg.data.tgt_lang}"))
     if not problem:
         try:
@@ -255,6 +274,24 @@ def checkpoint_path(cfg: Config) -> Path:
     return path
 
 
+def prepare(cfg: Config, record: RunRecord | None = None) -> None:
+    """Train SentencePiece and tokenize the training split into data/<name>/, once: the step
+    `train` starts with (and skips when done). Writes no run folder."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from translate.data import describe, open_source
+    from translate.prepared import prepare as prepare_pairs
+
+    setup_torch(cfg)
+    source = open_source(cfg.data)
+    describe(source)
+    with logging_redirect_tqdm():
+        tokenizer, pairs = prepare_pairs(cfg.data, source=source)
+    tokens = int(pairs.src_lengths.sum()), int(pairs.tgt_lengths.sum())
+    print(f"{len(pairs)} training pairs ({tokens[0]} + {tokens[1]} subwords, vocabulary {tokenizer.vocab_size}) "
+          f"in {pairs.where}")  # fmt: skip
+
+
 def bench(cfg, record: RunRecord | None = None) -> dict:
     """Throughput, decoding speed, time-to-BLEU and the peer side by side (translate/benchmark.py)."""
     from hydra.core.hydra_config import HydraConfig
@@ -267,7 +304,7 @@ def bench(cfg, record: RunRecord | None = None) -> dict:
     return run(cfg, overrides=list(HydraConfig.get().overrides.task))
 
 
-COMMANDS = {"train": train, "bleu": bleu, "bench": bench}
+COMMANDS = {"prepare": prepare, "train": train, "bleu": bleu, "bench": bench}
 
 
 def hydra_main(command: str, argv: list[str]) -> None:
@@ -353,17 +390,6 @@ def progress_bar(total: int | None = None, desc: str = "translate", show: bool =
     )
 
 
-def count_lines(path: str) -> int | None:
-    """Lines in a regular file (a final line without a newline counts), for the bar's total; None for a pipe."""
-    if not os.path.isfile(path):
-        return None
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            n, last = n + block.count(b"\n"), block[-1:]
-    return n + (last != b"\n")
-
-
 def translate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="translate", description="Translate a text file line by line.")
     parser.add_argument("--model", required=True, help="checkpoint file (best.pt)")
@@ -408,7 +434,7 @@ def translate_main(argv: list[str] | None = None) -> int:
 
     from translate.checkpoint import CheckpointError
     from translate.formats import Heatmaps, result_lines
-    from translate.textfile import LineError, iter_lines, write_lines, write_output
+    from translate.textfile import LineError, count_lines, iter_lines, write_lines, write_output
     from translate.translator import Translator, device_for
 
     if min(args.beam, args.batch_size, args.batch_tokens, args.n_best) < 1:
@@ -453,9 +479,10 @@ def translate_main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     usage = (
-        "usage: python -m translate {train,bleu,bench} [key=value ...]\n"
+        "usage: python -m translate {prepare,train,bleu,bench} [key=value ...]\n"
         "       python -m translate translate --model PATH [INPUT] [-o OUTPUT] [--beam N] [--int8] ...\n\n"
-        "  train   download the corpus, train SentencePiece and the model into run_dir\n"
+        "  prepare download the corpus, train SentencePiece, tokenize the training split once (data/<name>/)\n"
+        "  train   prepare when needed, then train the model into run_dir\n"
         "  bleu    decode the test split with run_dir's best.pt (or decode.checkpoint=PATH); print BLEU, chrF\n"
         "  bench   throughput, decoding speed, time-to-BLEU, the peer (bench.* keys)\n"
         "  translate  a text file or stdin, one line out per line in (translate --help)\n\n"

@@ -85,6 +85,7 @@ class DataConfig(_Checked):
     vocab_size: int = 8000  # joint SentencePiece vocabulary over source and target
     spm_model_type: str = "bpe"  # bpe | unigram | char | word
     byte_fallback: bool = True  # unseen characters become byte pieces instead of <unk>
+    spm_sample: int = 1_000_000  # SentencePiece trains on a random sample of this many sentences (both sides)
     max_len: int = 100  # training pairs with more subwords on either side are dropped
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class DataConfig(_Checked):
         self._choice("spm_model_type", SPM_TYPES)
         self._at_least("vocab_size", 8)  # 4 specials and a few pieces
         self._at_least("max_len", 1)
+        self._at_least("spm_sample", 1)
         if not self.name or "/" in self.name:
             self._fail("name", "a non-empty folder name without '/'")
         if self.src_lang == self.tgt_lang:
@@ -157,6 +159,7 @@ class TrainConfig(_Checked):
     valid_every: int = 250  # steps between validations
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy); validation never uses decode.*
     valid_batch_size: int = 64  # sentences per validation decoding batch
+    valid_sentences: int | None = 5000  # pairs validated during training: the split's first N (null = all)
     patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
     log_every: int = 100
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
@@ -171,6 +174,7 @@ class TrainConfig(_Checked):
         self._above("max_time", 0, optional=True)
         self._at_least("max_steps", 1, optional=True)
         self._at_least("threads", 1, optional=True)
+        self._at_least("valid_sentences", 1, optional=True)
         self._above("lr", 0)
         for name in ("warmup_steps", "weight_decay", "clip_norm", "patience"):
             self._at_least(name, 0)

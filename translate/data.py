@@ -1,27 +1,37 @@
 """Parallel corpora: from the Hugging Face hub, a local copy in its layout, or plain text.
 
-Three sources, one result (:class:`Corpus`: aligned source and target lines per split):
+Three sources, one interface (:class:`Source`, made by :func:`open_source`):
 
 * ``data.hub_id`` with no ``data.path``: ``datasets.load_dataset(hub_id)``;
 * ``data.path`` pointing at a folder in the hub layout (``train.jsonl`` ...): the same
-  ``load_dataset`` call on the folder;
+  ``load_dataset`` call on the folder (Arrow tables, memory-mapped by ``datasets``);
 * ``data.path`` pointing at plain text files ``<prefix>.<lang>``, one sentence per line.
+
+A source reads a split whole (validation, test: :class:`Split`) or streams it in chunks
+(the training split, which may hold millions of pairs: never whole in memory), and gives
+a fingerprint of the training data's content, which keys everything derived from it
+(translate/prepared.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from translate.batching import Examples
 from translate.config import DataConfig
-from translate.textfile import LineError, has_text, iter_lines
-from translate.tokenizer import Tokenizer, load_or_train
+from translate.textfile import LineError, count_lines, iter_lines
+from translate.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 HUB_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+CHUNK = 50_000  # pairs per streamed chunk
+SPLITS = ("train", "valid", "test")
 
 
 class DataError(RuntimeError):
@@ -57,32 +67,160 @@ def read_lines(path: Path) -> list[str]:
             raise DataError(str(err)) from None
 
 
-def read_parallel(src_path: Path, tgt_path: Path) -> Split:
+def stream_parallel(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:
+    """The aligned lines of two text files, read as a stream (one line of each at a time).
+
+    A bad byte names its file and line; files of different lengths name both files,
+    their line counts and the first line without a partner."""
     for p in (src_path, tgt_path):
         if not p.is_file():
             raise DataError(f"missing corpus file {p}")
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise DataError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: parallel files must align line by line"
-        )
-    return Split(src, tgt)
+    with open(src_path, "rb") as fs, open(tgt_path, "rb") as ft:
+        pairs = zip_longest(iter_lines(fs, str(src_path)), iter_lines(ft, str(tgt_path)))
+        number = 0
+        try:
+            for number, (src, tgt) in enumerate(pairs, 1):
+                if src is None or tgt is None:
+                    longer = ft if src is None else fs
+                    rest = number + sum(1 for _ in longer)  # the longer file's count, for the message
+                    counts = (number - 1, rest) if src is None else (rest, number - 1)
+                    raise DataError(
+                        f"{src_path} has {counts[0]} lines but {tgt_path} has {counts[1]}: parallel files must "
+                        f"align line by line (line {number} of {tgt_path if src is None else src_path} has no "
+                        "partner)"
+                    )
+                yield src, tgt
+        except LineError as err:
+            raise DataError(str(err)) from None
 
 
-def _text_corpus(cfg: DataConfig) -> Corpus:
-    root = Path(cfg.path)
+def chunked(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[Split]:
+    src: list[str] = []
+    tgt: list[str] = []
+    for s, t in pairs:
+        src.append(s)
+        tgt.append(t)
+        if len(src) == size:
+            yield Split(src, tgt)
+            src, tgt = [], []
+    if src:
+        yield Split(src, tgt)
 
-    def split(prefix: str) -> Split:
-        return read_parallel(root / f"{prefix}.{cfg.src_lang}", root / f"{prefix}.{cfg.tgt_lang}")
 
-    return Corpus(split(cfg.train_prefix), split(cfg.valid_prefix), split(cfg.test_prefix))
+def file_digest(path: Path, block: int = 1 << 20) -> str:
+    """sha1 of a file's bytes, read in blocks (about 1 GB/s)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            h.update(data)
+    return h.hexdigest()
 
 
-def first_line(err: BaseException, width: int = 300) -> str:
-    return (str(err).splitlines() or [""])[0][:width]
+def digest(*parts: object) -> str:
+    """A short key (16 hex digits) for the given parts."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def _hub_corpus(cfg: DataConfig) -> Corpus:
+class Source:
+    """One parallel corpus for ``cfg.src_lang`` -> ``cfg.tgt_lang``, opened once."""
+
+    layout = ""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self._fingerprint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.path or self.cfg.hub_id or ""
+
+    def split(self, which: str) -> Split:
+        """A whole split (train, valid or test) in memory."""
+        parts = list(self.chunks(which))
+        return Split([s for p in parts for s in p.src], [t for p in parts for t in p.tgt])
+
+    def chunks(self, which: str = "train", size: int | None = None) -> Iterator[Split]:
+        """A split streamed in chunks of `size` pairs (CHUNK when None)."""
+        raise NotImplementedError
+
+    def size(self, which: str) -> int:
+        """Pairs in a split (lines of the source file for text)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A key of the training data's content and the language pair (direction-free), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = self._content_key()
+        return self._fingerprint
+
+    def _content_key(self) -> str:
+        raise NotImplementedError
+
+
+class TextSource(Source):
+    """Plain text files ``<path>/<prefix>.<lang>``, streamed line by line."""
+
+    layout = "text"
+
+    def files(self, which: str) -> tuple[Path, Path]:
+        prefix = {"train": self.cfg.train_prefix, "valid": self.cfg.valid_prefix, "test": self.cfg.test_prefix}[which]
+        root = Path(self.cfg.path)
+        return root / f"{prefix}.{self.cfg.src_lang}", root / f"{prefix}.{self.cfg.tgt_lang}"
+
+    def chunks(self, which: str = "train", size: int | None = None) -> Iterator[Split]:
+        return chunked(stream_parallel(*self.files(which)), size or CHUNK)
+
+    def size(self, which: str) -> int:
+        src = self.files(which)[0]
+        return count_lines(src) if src.is_file() else 0
+
+    def _content_key(self) -> str:
+        files = sorted(zip((self.cfg.src_lang, self.cfg.tgt_lang), self.files("train")))
+        for _, path in files:
+            if not path.is_file():
+                raise DataError(f"missing corpus file {path}")
+        return digest("text", *(f"{lang}:{path.stat().st_size}:{file_digest(path)}" for lang, path in files))
+
+
+class HubSource(Source):
+    """A dataset read by ``datasets.load_dataset``: from the hub, or a local folder in its layout."""
+
+    layout = "hub"
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__(cfg)
+        self.dataset = _load_dataset(cfg)
+        self.part("train")  # a missing split or language is found now
+
+    def part(self, which: str):
+        cfg = self.cfg
+        name = {"train": cfg.train_split, "valid": cfg.valid_split, "test": cfg.test_split}[which]
+        if name not in self.dataset:
+            raise DataError(f"dataset '{self.name}' has no split '{name}' (it has {sorted(self.dataset)})")
+        part = self.dataset[name]
+        for lang in (cfg.src_lang, cfg.tgt_lang):
+            if lang not in part.column_names:
+                raise MissingLanguage(f"dataset '{self.name}' has no '{lang}' column (it has {part.column_names})")
+        return part
+
+    def chunks(self, which: str = "train", size: int | None = None) -> Iterator[Split]:
+        src, tgt = self.cfg.src_lang, self.cfg.tgt_lang
+        for rows in self.part(which).select_columns([src, tgt]).iter(batch_size=size or CHUNK):
+            yield Split([s or "" for s in rows[src]], [t or "" for t in rows[tgt]])
+
+    def size(self, which: str) -> int:
+        return self.part(which).num_rows
+
+    def _content_key(self) -> str:
+        langs = sorted((self.cfg.src_lang, self.cfg.tgt_lang))
+        if self.cfg.path:  # a local folder: the bytes of its data files
+            files = sorted(p for p in Path(self.cfg.path).rglob("*") if p.suffix in HUB_SUFFIXES and p.is_file())
+            root = Path(self.cfg.path)
+            return digest("hub-folder", *langs, *(f"{p.relative_to(root)}:{file_digest(p)}" for p in files))
+        return digest("hub", *langs, self.cfg.train_split, self.part("train")._fingerprint)  # hub revision
+
+
+def _load_dataset(cfg: DataConfig):
     source = cfg.path if cfg.path else cfg.hub_id
     if not source:
         raise DataError("set data.path (a local folder) or data.hub_id (a hub dataset)")
@@ -93,7 +231,7 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
         import datasets
 
         datasets.logging.set_verbosity_error()
-        ds = datasets.load_dataset(source)
+        return datasets.load_dataset(source)
     except Exception as err:  # the hub unreachable, a name it does not know, a file it cannot parse
         if cfg.path:
             raise DataError(
@@ -109,16 +247,56 @@ def _hub_corpus(cfg: DataConfig) -> Corpus:
         )
         raise DataError(f"{why}. {_local_copy_hint(cfg)}") from None
 
-    def split(name: str) -> Split:
-        if name not in ds:
-            raise DataError(f"dataset '{source}' has no split '{name}' (it has {sorted(ds)})")
-        part = ds[name]
-        for lang in (cfg.src_lang, cfg.tgt_lang):
-            if lang not in part.column_names:
-                raise MissingLanguage(f"dataset '{source}' has no '{lang}' column (it has {part.column_names})")
-        return Split(list(part[cfg.src_lang]), list(part[cfg.tgt_lang]))
 
-    return Corpus(split(cfg.train_split), split(cfg.valid_split), split(cfg.test_split))
+def open_source(cfg: DataConfig) -> Source:
+    """The configured corpus, opened (nothing read yet but the hub's tables).
+
+    ``format=auto`` with a local folder reads it through ``load_dataset`` when it holds
+    hub-layout files with both languages, and as plain text files otherwise (Multi30k's
+    fr and cs, for example, exist only as text).
+    """
+    if cfg.path is not None and not Path(cfg.path).is_dir():
+        raise DataError(f"data.path={cfg.path} is not a folder")
+    if cfg.format == "text" or (cfg.format == "auto" and cfg.path and not _has_hub_layout(Path(cfg.path))):
+        if cfg.path is None:
+            raise DataError("data.format=text needs data.path")
+        return TextSource(cfg)
+    try:
+        return HubSource(cfg)
+    except MissingLanguage:
+        if cfg.format == "hub" or cfg.path is None:
+            raise
+        return TextSource(cfg)
+
+
+def _has_hub_layout(folder: Path) -> bool:
+    return any(p.suffix in HUB_SUFFIXES for p in folder.iterdir())
+
+
+def describe(source: Source) -> None:
+    """The log line naming the corpus and the sizes of its splits."""
+    cfg = source.cfg
+    log.info(
+        "corpus: %s (%s layout) %s-%s: train %d, valid %d, test %d pairs",
+        source.name, source.layout, cfg.src_lang, cfg.tgt_lang,
+        *(source.size(which) for which in SPLITS),
+    )  # fmt: skip
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """All three splits of the configured corpus in memory (for small corpora: tests, the study)."""
+    source = open_source(cfg)
+    describe(source)
+    return Corpus(*(source.split(which) for which in SPLITS))
+
+
+def load_split(cfg: DataConfig, which: str, *, source: Source | None = None) -> Split:
+    """One split (valid or test) in memory; the training split is streamed (translate/prepared.py)."""
+    return (source or open_source(cfg)).split(which)
+
+
+def first_line(err: BaseException, width: int = 300) -> str:
+    return (str(err).splitlines() or [""])[0][:width]
 
 
 def _local_copy_hint(cfg: DataConfig) -> str:
@@ -200,60 +378,3 @@ def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples
             "subwords; check the corpus or raise data.max_len"
         )
     return Examples([src[i] for i in keep], [tgt[i] for i in keep])
-
-
-def prepare(cfg: DataConfig) -> tuple[Corpus, Tokenizer]:
-    """The corpus and its joint SentencePiece model (trained once, kept in data/<name>/)."""
-    corpus = load_corpus(cfg)
-    if not any(map(has_text, corpus.train.src)) and not any(map(has_text, corpus.train.tgt)):
-        raise DataError(
-            f"the training split of {cfg.path or cfg.hub_id} ({cfg.src_lang}-{cfg.tgt_lang}) holds no text: "
-            "every line is empty or blank"
-        )
-    langs = "-".join(sorted((cfg.src_lang, cfg.tgt_lang)))
-    path = Path(cfg.artefacts) / cfg.name / f"spm.{langs}.{cfg.spm_model_type}{cfg.vocab_size}.model"
-    tokenizer = load_or_train(
-        path,
-        corpus.train.src + corpus.train.tgt,
-        vocab_size=cfg.vocab_size,
-        model_type=cfg.spm_model_type,
-        byte_fallback=cfg.byte_fallback,
-    )
-    return corpus, tokenizer
-
-
-def _has_hub_layout(folder: Path) -> bool:
-    return any(p.suffix in HUB_SUFFIXES for p in folder.iterdir())
-
-
-def load_corpus(cfg: DataConfig) -> Corpus:
-    """Read train/valid/test for ``cfg.src_lang`` -> ``cfg.tgt_lang`` from the configured source.
-
-    ``format=auto`` with a local folder reads it through ``load_dataset`` when it holds
-    hub-layout files with both languages, and as plain text files otherwise (Multi30k's
-    fr and cs, for example, exist only as text).
-    """
-    if cfg.path is not None and not Path(cfg.path).is_dir():
-        raise DataError(f"data.path={cfg.path} is not a folder")
-    if cfg.format == "text" or (cfg.format == "auto" and cfg.path and not _has_hub_layout(Path(cfg.path))):
-        if cfg.path is None:
-            raise DataError("data.format=text needs data.path")
-        fmt, corpus = "text", _text_corpus(cfg)
-    else:
-        try:
-            fmt, corpus = "hub", _hub_corpus(cfg)
-        except MissingLanguage:
-            if cfg.format == "hub" or cfg.path is None:
-                raise
-            fmt, corpus = "text", _text_corpus(cfg)
-    log.info(
-        "corpus: %s (%s layout) %s-%s: train %d, valid %d, test %d pairs",
-        cfg.path or cfg.hub_id,
-        fmt,
-        cfg.src_lang,
-        cfg.tgt_lang,
-        len(corpus.train),
-        len(corpus.valid),
-        len(corpus.test),
-    )
-    return corpus

@@ -78,3 +78,14 @@ def write_output(target: str, write: Callable[[BinaryIO], object]) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"there is no folder {folder} for the output {target}: create it first")
     atomic_write(target, write)
+
+
+def count_lines(path: str) -> int | None:
+    """Lines in a regular file (a final line without a newline counts), for the bar's total; None for a pipe."""
+    if not os.path.isfile(path):
+        return None
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")

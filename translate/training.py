@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -36,6 +36,9 @@ from translate.runlog import MetricsLog
 from translate.schedule import EarlyStopping, budget_fraction, lr_at
 from translate.textfile import has_text
 from translate.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from translate.prepared import TokenizedPairs
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class Progress:
 def fit(
     learner: Learner,
     tokenizer: Tokenizer,
-    train: Examples,
+    train: Examples | TokenizedPairs,
     valid: Split,
     *,
     cfg: TrainConfig,
