@@ -215,7 +215,7 @@ def test_the_scale_benchmark_measures_every_phase(tmp_path, capsys):
     main(["--multi30k", str(m30k), "--sizes", "500", "--steps", "6", "--log-every", "2", "--out", str(tmp_path / "out"),
           "--set", "debug=tiny", "data.vocab_size=60", "data.byte_fallback=false"])  # fmt: skip
     row = json.loads((tmp_path / "out" / "scale.json").read_text())["rows"][0]
-    assert row["pairs"] == 500 and row["train_windows"] == 2
+    assert row["pairs"] == 500 and row["train_windows"] == 3  # steps 2, 4 and 6
     for key in ("prepare_s", "prepare_peak_mb", "start_to_first_update_s", "train_peak_mb", "train_tgt_tokens_per_s"):
         assert row[key] > 0, key
     assert "| 500 |" in capsys.readouterr().out
