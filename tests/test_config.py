@@ -25,6 +25,9 @@ GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
 
 
+STUDY_VARIANTS = ("bahdanau", "dot", "general", "scaled_dot", "multihead", "self_attention")
+
+
 def compose_config(overrides: list[str]) -> Config:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -33,10 +36,11 @@ def compose_config(overrides: list[str]) -> Config:
 
 
 def test_the_groups_and_options_the_readme_names_exist():
-    assert {"data", "model", "train", "decode", "experiment", "debug"} <= set(GROUPS)
+    assert {"data", "model", "train", "decode", "experiment", "debug", "variant"} <= set(GROUPS)
     named = {
         *[("data", "multi30k"), ("data", "text"), ("model", "gru"), ("model", "bahdanau"), ("train", "default")],
         *[("decode", "beam"), ("decode", "greedy"), ("experiment", "multi30k_de_en"), ("debug", "tiny")],
+        *[("experiment", "attention_study"), *(("variant", v) for v in STUDY_VARIANTS)],
     }
     assert named <= set(OPTIONS)
 
@@ -62,6 +66,15 @@ def test_yaml_files_hold_only_what_differs_from_the_dataclass_defaults(group, op
     where = "" if "@package _global_" in text else f"{group}."
     same = [k for k, v in _flatten(node, where).items() if k in defaults and defaults[k] == v]
     assert not same, f"conf/{group}/{option}.yaml repeats dataclass defaults: {same}"
+
+
+def test_the_study_variants_are_the_five_score_functions_and_self_attention():
+    study = [compose_config(["experiment=attention_study", f"variant={v}"]).model for v in STUDY_VARIANTS]
+    assert [(m.attention, m.encoder_self_attention) for m in study] == [
+        *((a, False) for a in ("bahdanau", "dot", "general", "scaled_dot", "multihead")),
+        ("general", True),
+    ]
+    assert {m.enc_hidden for m in study} == {256}
 
 
 def test_defaults_are_the_documented_pipeline():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from translate.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from translate.config import DecodeConfig
@@ -112,3 +113,7 @@ def test_bench_quick_writes_measured_figures(reversal_run):
         assert fig[f"decode_{name}_sents_per_s"] > 0 and fig[f"decode_{name}_process_output_identical"] is True
     assert abs(fig["decode_beam5_int8_bleu_delta"]) < 5  # int8 keeps the model's quality
     assert "| train_tgt_tokens_per_s |" in result.stdout.decode()
+    from translate.precision import cpu_name
+
+    assert fig["machine"]["cpu"] == cpu_name() and fig["machine"]["torch"] == torch.__version__
+    assert f"machine: {cpu_name()}" in result.stdout.decode()  # every table names where it was measured

@@ -173,12 +173,14 @@ def test_a_hub_layout_folder_is_prepared_through_load_dataset(tmp_path):
 
 
 def test_validation_during_training_reads_only_its_first_sentences(tmp_path):
-    from translate.cli import validation_split
-
     corpus = write_text_corpus(tmp_path / "c", {"train": reversal_pairs(5, 1), "val": reversal_pairs(30, 2)})
+    (corpus / "val.xx").write_bytes((corpus / "val.xx").read_bytes() + b"\xff never read\n")
+    (corpus / "val.yy").write_bytes((corpus / "val.yy").read_bytes() + b"never read\n")
     source = TextSource(text_config(tmp_path, corpus))
-    assert validation_split(source, 7).src == [s for s, _ in reversal_pairs(30, 2)][:7]
-    assert len(validation_split(source, None)) == len(validation_split(source, 100)) == 30
+    assert source.head("valid", 7).src == [s for s, _ in reversal_pairs(30, 2)][:7]
+    assert len(source.head("valid", 30)) == 30
+    with pytest.raises(DataError, match="line 31"):  # the whole split is read when asked for
+        source.head("valid", None)
 
 
 @pytest.mark.slow

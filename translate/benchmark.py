@@ -222,19 +222,34 @@ def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
     for phase in phases:
         phase(cfg, fig)
         save(fig, run_dir)
+    print(describe_machine(fig["machine"]))
     print(table(fig))
     print(f"figures: {run_dir / 'bench.json'}")
     return fig
 
 
 def machine() -> dict[str, Any]:
+    """The machine every figure of a run was measured on: CPU model and the ISA extensions
+    that decide fp32 / bf16 / int8 speed, cores and threads, torch, and the GPU if any."""
+    from translate.precision import cpu_features, cpu_name
+
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name() or platform.processor() or platform.machine(),
+        "cpu_features": cpu_features(),
+        "cores": len(os.sched_getaffinity(0)),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_fast": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """One line naming the machine, printed above every table of figures."""
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    features = " ".join(m["cpu_features"]) or "no AVX2"
+    return f"machine: {m['cpu']} ({features}), {m['cores']} cores, torch {m['torch']}{gpu}"
 
 
 def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:

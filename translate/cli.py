@@ -99,7 +99,10 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             torch.manual_seed(cfg.train.seed)
             random.seed(cfg.train.seed)
             describe(source)
-            valid = validation_split(source, cfg.train.valid_sentences)
+            valid = source.head("valid", cfg.train.valid_sentences)  # a large validation split stays bounded
+            if len(valid) < source.size("valid"):
+                log.info("validation during training: the first %d of %d pairs (train.valid_sentences)",
+                         len(valid), source.size("valid"))  # fmt: skip
             if not len(valid):  # found now, not after the first validation's worth of updates
                 raise DataError(
                     f"the validation split of {source.name} is empty: training needs it to choose best.pt "
@@ -142,19 +145,6 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
         Path(cfg.run_dir) / "best.pt",
     )
     return best
-
-
-def validation_split(source, cap: int | None):
-    """The validation pairs used during training: the split's first `cap` (all when None), read no further."""
-    from translate.data import Split
-
-    if cap is None:
-        return source.split("valid")
-    first = next(iter(source.chunks("valid", size=cap)), Split([], []))
-    total = source.size("valid")
-    if total > len(first):
-        log.info("validation during training: the first %d of %d pairs (train.valid_sentences)", len(first), total)
-    return first
 
 
 def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int) -> None:

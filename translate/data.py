@@ -139,6 +139,12 @@ class Source:
         parts = list(self.chunks(which))
         return Split([s for p in parts for s in p.src], [t for p in parts for t in p.tgt])
 
+    def head(self, which: str, n: int | None) -> Split:
+        """The first `n` pairs of a split (all when None), read no further."""
+        if n is None:
+            return self.split(which)
+        return next(iter(self.chunks(which, size=n)), Split([], []))
+
     def chunks(self, which: str = "train", size: int | None = None) -> Iterator[Split]:
         """A split streamed in chunks of `size` pairs (CHUNK when None)."""
         raise NotImplementedError

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from translate.precision import cpu_features, cpu_name
+from translate.benchmark import describe_machine
+from translate.benchmark import machine as bench_machine
 
 STEP_LINE = re.compile(r"step (\d+) .* ([\d.]+) tgt tok/s")
 
@@ -171,10 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     args.multi30k = args.multi30k.resolve()
     if not (args.multi30k / "train.en").is_file():
         raise SystemExit(f"error: no Multi30k text at {args.multi30k} (train.en, train.de ...): pass --multi30k DIR")
-    machine = {"cpu": cpu_name(), "features": cpu_features(), "cores": len(os.sched_getaffinity(0)),
-               "torch": torch.__version__}  # fmt: skip
-    print(f"machine: {machine['cpu']} ({' '.join(machine['features'])}), {machine['cores']} cores, torch "
-          f"{machine['torch']}", flush=True)  # fmt: skip
+    machine = bench_machine()
+    print(describe_machine(machine), flush=True)
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="translate-scale-", dir=args.work) as tmp:
