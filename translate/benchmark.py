@@ -1,7 +1,10 @@
 """The benchmark behind `make bench`: every figure is measured by running code.
 
 1. Training throughput per decoder variant: real target tokens per second in steady
-   state (warm-up steps excluded), the padding fraction of the batches, peak memory.
+   state (warm-up steps excluded), the padding fraction of the batches, peak memory, and
+   the fraction of the machine's own matrix-product peak that this is (tokens/s x FLOP per
+   target token, counted by torch's FlopCounterMode, / the best 2048 x 2048 product in the
+   chosen precision).
    Each variant runs in its own process, so peak memory is its own.
 2. Decoding test2016: sentences per second, greedy and beam 5, for the fp32 model and
    (bench.int8, the default) the int8 CPU model of translate/quantize.py, measured
@@ -51,7 +54,7 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
     lr = lr_at(cfg.train, cfg.train.warmup_steps + 1, 0.1)  # a mid-run learning rate
     real = slots = steps = 0
-    start = None
+    start, measured = None, []
     for n, index in enumerate(
         examples.batches(batch_tokens=cfg.train.batch_tokens, generator=torch.Generator().manual_seed(0))
     ):
@@ -63,11 +66,18 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
             real += batch.ntokens
             slots += batch.tgt_out.numel()
             steps += 1
+            measured.append(index)
             if time.perf_counter() - start >= cfg.bench.throughput_seconds:
                 break
     seconds = time.perf_counter() - start
+    # the share of the machine's own matrix-product speed that training reaches
+    flops = flop_per_token(learner, [examples.batch(i) for i in measured[:: max(len(measured) // 8, 1)][:8]])
+    peak = matmul_peak(torch.bfloat16 if learner.precision == "bf16" else torch.float32)
     queue.put(
         {
+            "train_flop_per_tgt_token": flops,
+            "matmul_peak_gflops": peak / 1e9,
+            "train_fraction_of_peak": real / seconds * flops / peak,
             "train_tgt_tokens_per_s": real / seconds,
             "train_steps_per_s": steps / seconds,
             "train_padding_fraction": 1 - real / slots,
@@ -76,6 +86,34 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
             "train_precision": learner.precision,
         }
     )
+
+
+def flop_per_token(learner, batches: list) -> float:
+    """Floating-point operations of a training step (forward and backward) per real target
+    token, as torch's FlopCounterMode counts them on real batches: every matrix product,
+    the GRUs' included. The weights are left alone (the gradients are dropped)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = tokens = 0
+    for batch in batches:
+        with FlopCounterMode(display=False) as counter:
+            learner.backward(batch)
+        learner.skip()
+        flops, tokens = flops + counter.get_total_flops(), tokens + batch.ntokens
+    return flops / max(tokens, 1)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's measured matrix-product speed in FLOP/s: the best of `repeats`
+    n x n products in `dtype`, on the threads torch uses."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def training_throughput(cfg: BenchRunConfig, variant: str) -> dict[str, float]:
@@ -257,8 +295,9 @@ def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
         log.info("training throughput: %s decoder, %.0f s", variant, cfg.bench.throughput_seconds)
         for key, value in training_throughput(cfg, variant).items():
             fig[f"{key}_{variant}"] = value
-    if f"train_tgt_tokens_per_s_{cfg.model.decoder}" in fig:  # the headline: the configured decoder
-        fig["train_tgt_tokens_per_s"] = fig[f"train_tgt_tokens_per_s_{cfg.model.decoder}"]
+    for key in ("train_tgt_tokens_per_s", "train_fraction_of_peak"):  # the headline: the configured decoder's
+        if f"{key}_{cfg.model.decoder}" in fig:
+            fig[key] = fig[f"{key}_{cfg.model.decoder}"]
 
 
 def time_to_bleu_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
