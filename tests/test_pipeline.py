@@ -109,6 +109,7 @@ def test_bench_quick_writes_measured_figures(reversal_run):
         rate = fig[f"train_tgt_tokens_per_s_{variant}"]
         want = rate * fig[f"train_flop_per_tgt_token_{variant}"] / (fig[f"matmul_peak_gflops_{variant}"] * 1e9)
         assert fig[f"train_fraction_of_peak_{variant}"] == pytest.approx(want) and 0 < want < 1
+        assert 0 < fig[f"train_fraction_of_fp32_peak_{variant}"] < 1
     assert fig["train_precision_fused"] in ("fp32", "bf16") and fig["train_measured_steps_fused"] >= 1
     assert fig["decode_greedy_sents_per_s"] > 0 and fig["decode_beam5_sents_per_s"] > 0
     assert fig["decode_beam5_bleu"] > 80  # the reversal model is good, so the scores are real

@@ -73,11 +73,13 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     # the share of the machine's own matrix-product speed that training reaches
     flops = flop_per_token(learner, [examples.batch(i) for i in measured[:: max(len(measured) // 8, 1)][:8]])
     peak = matmul_peak(torch.bfloat16 if learner.precision == "bf16" else torch.float32)
+    fp32_peak = peak if learner.precision == "fp32" else matmul_peak(torch.float32)
     queue.put(
         {
             "train_flop_per_tgt_token": flops,
-            "matmul_peak_gflops": peak / 1e9,
+            "matmul_peak_gflops": peak / 1e9,  # of the precision training ran in
             "train_fraction_of_peak": real / seconds * flops / peak,
+            "train_fraction_of_fp32_peak": real / seconds * flops / fp32_peak,
             "train_tgt_tokens_per_s": real / seconds,
             "train_steps_per_s": steps / seconds,
             "train_padding_fraction": 1 - real / slots,
@@ -295,7 +297,8 @@ def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
         log.info("training throughput: %s decoder, %.0f s", variant, cfg.bench.throughput_seconds)
         for key, value in training_throughput(cfg, variant).items():
             fig[f"{key}_{variant}"] = value
-    for key in ("train_tgt_tokens_per_s", "train_fraction_of_peak"):  # the headline: the configured decoder's
+    # the headline figures: the configured decoder's
+    for key in ("train_tgt_tokens_per_s", "train_fraction_of_peak", "train_fraction_of_fp32_peak"):
         if f"{key}_{cfg.model.decoder}" in fig:
             fig[key] = fig[f"{key}_{cfg.model.decoder}"]
 
