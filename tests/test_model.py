@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from translate.attention import SCORES, make_attention
 from translate.batching import make_batch, token_batches
@@ -143,6 +144,32 @@ def test_fused_output_loss_matches_the_plain_loss_and_its_gradients(epsilon, mon
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
     assert torch.all(grads[0][1, 4:] == 0)  # padding positions get no gradient
+
+
+def test_bf16_output_products_give_the_loss_and_gradients_of_autocast(monkeypatch):
+    """With bf16 products the fused loss equals the plain loss on bf16-rounded operands, as
+    autocast's nn.Linear would compute the logits, and its gradients point the same way."""
+    import translate.loss
+
+    monkeypatch.setattr(translate.loss, "CHUNK_TOKENS", 16)
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 20, 32, requires_grad=True)
+    weight = (0.3 * torch.randn(50, 32)).requires_grad_()
+    target = torch.randint(4, 50, (3, 20))
+    target[2, 12:] = PAD
+    loss, nll = output_layer_loss(hidden, weight, target, 0.1, products=torch.bfloat16)
+    rounded = hidden.bfloat16().float() @ weight.bfloat16().float().t()
+    ref_loss, ref_nll = label_smoothed_loss(rounded.bfloat16().float(), target, 0.1)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-3)
+    exact = output_layer_loss(hidden, weight, target, 0.1)[0]
+    assert 0 < abs(float((loss - exact).detach())) < 1e-2 * float(exact.detach())  # rounded, and only a little
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    exact_grads = torch.autograd.grad(exact, (hidden, weight))
+    for g, r in zip(grads, exact_grads):
+        assert g.dtype == torch.float32
+        assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.999
+    assert torch.all(grads[0][2, 12:] == 0)
 
 
 def test_cosine_attention_reads_directions_not_lengths():

@@ -71,6 +71,7 @@ def evaluate(
     batches: list,
     search,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    products: torch.dtype = torch.float32,
     progress: Callable[[int], object] | None = None,
 ) -> tuple[dict[str, float], str]:
     """Validation metrics of `model`: teacher-forced loss and perplexity over `batches`, and
@@ -83,7 +84,7 @@ def evaluate(
     for batch in batches:
         with autocast():
             features = model.features(batch)
-        nll_sum += float(model.loss(batch, features=features)[1])  # the loss in fp32, as in training
+        nll_sum += float(model.loss(batch, features=features, products=products)[1])  # as training computes it
         ntok += batch.ntokens
     with autocast():
         _, s = translate_split(Translator(model, tokenizer, search), src, refs, progress=progress)

@@ -16,7 +16,7 @@ from translate.batching import Batch
 from translate.config import TrainConfig
 from translate.distributed import SINGLE, Group, wrap
 from translate.model import Seq2Seq
-from translate.precision import Choice, autocast_for, choose_precision
+from translate.precision import Choice, autocast_for, choose_precision, product_dtype
 
 
 class NoTrainingState(RuntimeError):
@@ -63,7 +63,9 @@ class Learner:
         batch = batch.to(self.device)
         with self.autocast():
             features = self.net(batch)
-        loss, nll = self.model.loss(batch, label_smoothing=self.cfg.label_smoothing, features=features)
+        loss, nll = self.model.loss(
+            batch, label_smoothing=self.cfg.label_smoothing, features=features, products=product_dtype(self.precision)
+        )
         ntok = batch.ntokens  # a count over the batch: once per step
         self.optimizer.zero_grad(set_to_none=True)
         (loss / ntok).backward()

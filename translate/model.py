@@ -109,14 +109,20 @@ class Seq2Seq(nn.Module):
         return self.decoder.output.weight
 
     def loss(
-        self, batch: Batch, *, label_smoothing: float = 0.0, features: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        *,
+        label_smoothing: float = 0.0,
+        features: torch.Tensor | None = None,
+        products: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(label-smoothed loss, nll), summed over the batch's target tokens, in fp32.
 
-        `features` (B, T, E) when already computed (under DDP they come from the wrapper)."""
+        `features` (B, T, E) when already computed (under DDP they come from the wrapper);
+        `products`: the output layer's matrix products in fp32 or, under bf16 autocast, bf16."""
         if features is None:
             features = self.features(batch)
-        return output_layer_loss(features, self.output_weight, batch.tgt_out, label_smoothing)
+        return output_layer_loss(features, self.output_weight, batch.tgt_out, label_smoothing, products=products)
 
 
 def count_parameters(model: nn.Module) -> int:

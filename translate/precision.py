@@ -110,7 +110,7 @@ def _probe(model, device, batch_tokens, reps, make_batch) -> dict[str, float]:
             start = time.perf_counter()
             with autocast_for(precision, device):
                 features = net.features(batch)
-            loss, _ = net.loss(batch, label_smoothing=0.1, features=features)
+            loss, _ = net.loss(batch, label_smoothing=0.1, features=features, products=product_dtype(precision))
             (loss / batch.ntokens).backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
@@ -122,12 +122,18 @@ def _probe(model, device, batch_tokens, reps, make_batch) -> dict[str, float]:
     return out
 
 
+PROBE_VERSION = 2  # what the probe times; 2: the output layer's products in bf16 under bf16
+
+
 def probe_key(model: torch.nn.Module, device: torch.device, batch_tokens: int) -> str:
     """What the probe's figures depend on: machine, torch, threads, model shape, batch size."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     shape = json.dumps({**asdict(model.cfg), "vocab": model.vocab_size}, sort_keys=True)
     threads = torch.get_num_threads()
-    return f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {batch_tokens} tokens | {shape}"
+    return (
+        f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {batch_tokens} tokens | {shape}"
+        f" | probe {PROBE_VERSION}"
+    )
 
 
 def _cached(cache: Path | None, key: str) -> dict[str, float] | None:
@@ -175,6 +181,11 @@ def cpu_features() -> list[str]:
     except OSError:
         return []
     return [w for w in wanted if w in flags]
+
+
+def product_dtype(precision: str) -> torch.dtype:
+    """The dtype of the output layer's matrix products (translate/loss.py) under `precision`."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def autocast_for(precision: str, device: torch.device) -> AbstractContextManager:

@@ -32,6 +32,7 @@ from translate.data import Split
 from translate.distributed import SINGLE, Group, agree, any_of, check_in_sync, shard
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner, NoTrainingState, StepResult
+from translate.precision import product_dtype
 from translate.runlog import MetricsLog
 from translate.schedule import EarlyStopping, budget_fraction, lr_at
 from translate.textfile import has_text
@@ -335,6 +336,7 @@ class Validation:
                 batches=self._batches,
                 search=self.search,
                 autocast=self.learner.autocast,
+                products=product_dtype(self.learner.precision),
                 progress=bar.update,
             )
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
