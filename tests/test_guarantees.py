@@ -302,7 +302,7 @@ def test_a_pipe_gets_each_translation_as_soon_as_it_writes_the_line(reversal_run
                              "--beam", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env)  # fmt: skip
     try:
-        for line, want in [("a b c", b"C B A\n"), ("d e", b"E D\n"), ("", b"\n")]:
+        for line, want in [("a b c", b"C B A\n"), ("d e f g", b"G F E D\n"), ("", b"\n")]:  # lengths as trained
             proc.stdin.write(line.encode() + b"\n")
             proc.stdin.flush()
             ready, _, _ = select.select([proc.stdout], [], [], 60)
