@@ -192,3 +192,10 @@ def test_the_translate_bar_counts_the_lines_of_its_file(reversal_run, tmp_path):
     counts = [int(n) for n in re.findall(rb"(\d+)/120 ", out)]
     assert len(set(counts)) >= 3 and counts == sorted(counts) and counts[-1] <= 120, out[-1500:]  # per batch
     assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 120
+
+
+def test_prepare_shows_a_bar_over_the_training_pairs(tmp_path):
+    corpus = small_corpus(tmp_path / "corpus")
+    out = on_terminal(["prepare", *REVERSAL_OVERRIDES, f"data.path={corpus}"], tmp_path, timeout=120)
+    assert re.search(rb"tokenize: 100%\|[^|]*\| 600/600", out), out[-2000:]
+    assert b"600 training pairs" in out and not (tmp_path / "runs").exists()
