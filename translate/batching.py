@@ -34,47 +34,50 @@ class Batch:
         return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out))
 
 
-def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> torch.Tensor:
-    """(B, max_len) long tensor, right-padded."""
-    width = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), max(width, 1)), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
-
-
 def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None = None) -> Batch:
     """Build a batch from subword ids (without specials); EOS/BOS are added here."""
-    src_ids = [list(s) + [EOS] for s in src]
-    batch = Batch(pad(src_ids), torch.tensor([len(s) for s in src_ids], dtype=torch.long))
-    if tgt is not None:
-        batch.tgt_in = pad([[BOS] + list(t) for t in tgt])
-        batch.tgt_out = pad([list(t) + [EOS] for t in tgt])
-    return batch
+    return batch_of_rows(*rows(src), *(rows(tgt) if tgt is not None else (None, None)))
+
+
+def rows(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(B, longest) int64 ids right-padded with PAD, and the (B,) lengths."""
+    lengths = lengths_of(seqs)
+    out = np.full((len(seqs), int(lengths.max(initial=0))), PAD, dtype=np.int64)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = seq
+    return out, lengths
 
 
 def gather(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """(B, max length) int64: row b holds ids[starts[b] : starts[b] + lengths[b]], then PAD."""
-    cols = np.arange(int(lengths.max()) if len(lengths) else 0)
+    cols = np.arange(int(lengths.max(initial=0)))
     inside = cols < lengths[:, None]  # (B, L)
     return np.where(inside, ids[np.where(inside, starts[:, None] + cols, 0)], PAD).astype(np.int64)
 
 
-def batch_of_rows(src: np.ndarray, src_lengths: np.ndarray, tgt: np.ndarray, tgt_lengths: np.ndarray) -> Batch:
-    """The batch :func:`make_batch` builds, from padded id rows (B, S) and (B, T) without specials."""
-    rows = np.arange(len(src_lengths))
+def batch_of_rows(
+    src: np.ndarray,
+    src_lengths: np.ndarray,
+    tgt: np.ndarray | None = None,
+    tgt_lengths: np.ndarray | None = None,
+) -> Batch:
+    """A batch from padded id rows (B, S) and (B, T) without specials: src gets EOS,
+    tgt_in = BOS y, tgt_out = y EOS (a tgt of None: a source-only batch, for decoding)."""
 
     def padded(ids: np.ndarray, first: int) -> np.ndarray:
         out = np.full((len(ids), ids.shape[1] + 1), PAD, dtype=np.int64)
         out[:, first : first + ids.shape[1]] = ids
         return out
 
-    src_ids, tgt_in, tgt_out = padded(src, 0), padded(tgt, 1), padded(tgt, 0)
-    src_ids[rows, src_lengths] = EOS
-    tgt_in[:, 0] = BOS
-    tgt_out[rows, tgt_lengths] = EOS
-    as_tensor = torch.from_numpy
-    return Batch(as_tensor(src_ids), as_tensor(src_lengths + 1).long(), as_tensor(tgt_in), as_tensor(tgt_out))
+    src_ids = padded(src, 0)
+    src_ids[np.arange(len(src_lengths)), src_lengths] = EOS
+    batch = Batch(torch.from_numpy(src_ids), torch.from_numpy(src_lengths + 1).long())
+    if tgt is not None:
+        tgt_in, tgt_out = padded(tgt, 1), padded(tgt, 0)
+        tgt_in[:, 0] = BOS
+        tgt_out[np.arange(len(tgt_lengths)), tgt_lengths] = EOS
+        batch.tgt_in, batch.tgt_out = torch.from_numpy(tgt_in), torch.from_numpy(tgt_out)
+    return batch
 
 
 @dataclass

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 
-from translate.batching import Examples
+import numpy as np
+
+from translate.batching import Examples, lengths_of
 from translate.config import DataConfig
 from translate.textfile import LineError, count_lines, iter_lines
 from translate.tokenizer import Tokenizer
@@ -129,6 +131,7 @@ class Source:
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
         self._fingerprint: str | None = None
+        self._sizes: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -150,7 +153,12 @@ class Source:
         raise NotImplementedError
 
     def size(self, which: str) -> int:
-        """Pairs in a split (lines of the source file for text)."""
+        """Pairs in a split (lines of the source file for text), counted once."""
+        if which not in self._sizes:
+            self._sizes[which] = self._count(which)
+        return self._sizes[which]
+
+    def _count(self, which: str) -> int:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -176,7 +184,7 @@ class TextSource(Source):
     def chunks(self, which: str = "train", size: int | None = None) -> Iterator[Split]:
         return chunked(stream_parallel(*self.files(which)), size or CHUNK)
 
-    def size(self, which: str) -> int:
+    def _count(self, which: str) -> int:
         src = self.files(which)[0]
         return count_lines(src) if src.is_file() else 0
 
@@ -214,7 +222,7 @@ class HubSource(Source):
         for rows in self.part(which).select_columns([src, tgt]).iter(batch_size=size or CHUNK):
             yield Split([s or "" for s in rows[src]], [t or "" for t in rows[tgt]])
 
-    def size(self, which: str) -> int:
+    def _count(self, which: str) -> int:
         return self.part(which).num_rows
 
     def _content_key(self) -> str:
@@ -296,9 +304,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(*(source.split(which) for which in SPLITS))
 
 
-def load_split(cfg: DataConfig, which: str, *, source: Source | None = None) -> Split:
+def load_split(cfg: DataConfig, which: str) -> Split:
     """One split (valid or test) in memory; the training split is streamed (translate/prepared.py)."""
-    return (source or open_source(cfg)).split(which)
+    return open_source(cfg).split(which)
 
 
 def first_line(err: BaseException, width: int = 300) -> str:
@@ -365,22 +373,25 @@ def _go_offline() -> None:
 
 
 def tokenize_pairs(split: Split, tokenizer: Tokenizer, max_len: int) -> Examples:
-    """Tokenize a split, dropping empty pairs and pairs over `max_len` subwords (counted in the log)."""
+    """Tokenize a split in memory, keeping the :func:`usable` pairs."""
     src, tgt = tokenizer.encode(split.src), tokenizer.encode(split.tgt)
-    keep = [i for i in range(len(src)) if src[i] and tgt[i] and len(src[i]) <= max_len and len(tgt[i]) <= max_len]
-    empty = sum(1 for s, t in zip(src, tgt) if not s or not t)
-    if len(keep) < len(src):
-        log.info(
-            "dropped %d of %d pairs: %d empty, %d over %d subwords",
-            len(src) - len(keep),
-            len(src),
-            empty,
-            len(src) - len(keep) - empty,
-            max_len,
-        )
-    if not keep:
+    keep = usable(lengths_of(src), lengths_of(tgt), max_len).tolist()
+    return Examples([src[i] for i in keep], [tgt[i] for i in keep])
+
+
+def usable(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Indices of the pairs with subwords on both sides and at most `max_len` on each; the
+    others are counted in the log, and none left is a DataError."""
+    empty = (src_lengths == 0) | (tgt_lengths == 0)
+    keep = np.flatnonzero(~empty & (src_lengths <= max_len) & (tgt_lengths <= max_len))
+    total, dropped = len(src_lengths), len(src_lengths) - len(keep)
+    if dropped:
+        n_empty = int(empty.sum())
+        log.info("dropped %d of %d pairs: %d empty, %d over %d subwords", dropped, total, n_empty,
+                 dropped - n_empty, max_len)  # fmt: skip
+    if not len(keep):
         raise DataError(
-            f"no usable training pair: all {len(src)} are empty on a side or longer than data.max_len={max_len} "
+            f"no usable training pair: all {total} are empty on a side or longer than data.max_len={max_len} "
             "subwords; check the corpus or raise data.max_len"
         )
-    return Examples([src[i] for i in keep], [tgt[i] for i in keep])
+    return keep

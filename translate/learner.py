@@ -58,13 +58,18 @@ class Learner:
     def autocast(self):
         return autocast_for(self.precision, self.device)
 
+    @property
+    def products(self) -> torch.dtype:
+        """The dtype of the output layer's matrix products under this learner's precision."""
+        return product_dtype(self.precision)
+
     def backward(self, batch: Batch) -> StepResult:
         self.net.train()
         batch = batch.to(self.device)
         with self.autocast():
             features = self.net(batch)
         loss, nll = self.model.loss(
-            batch, label_smoothing=self.cfg.label_smoothing, features=features, products=product_dtype(self.precision)
+            batch, label_smoothing=self.cfg.label_smoothing, features=features, products=self.products
         )
         ntok = batch.ntokens  # a count over the batch: once per step
         self.optimizer.zero_grad(set_to_none=True)

@@ -44,8 +44,7 @@ class _OutputLayerLoss(torch.autograd.Function):
         nll = hidden.new_zeros((), dtype=torch.float64)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight) if needs_grad else None
-        low = products != hidden.dtype  # bf16 products: the operands cast once, results back to fp32
-        w = weight.to(products)
+        w = weight.to(products)  # bf16 products: the operands cast once, the results back to fp32
         for start in range(0, hidden.size(0), CHUNK_TOKENS):
             h, y = hidden[start : start + CHUNK_TOKENS].to(products), target[start : start + CHUNK_TOKENS]
             keep = (y != PAD).to(hidden.dtype)
@@ -63,13 +62,9 @@ class _OutputLayerLoss(torch.autograd.Function):
             if needs_grad:  # d loss / d logits = softmax - (1 - eps) * onehot(y) - eps / V, 0 on padding
                 g = p.mul_((keep / total).unsqueeze(1)).sub_((keep * (epsilon / vocab)).unsqueeze(1))
                 g.scatter_add_(1, y.unsqueeze(1), (keep * (epsilon - 1.0)).unsqueeze(1))
-                if low:
-                    g = g.to(products)
-                    grad_hidden[start : start + CHUNK_TOKENS] = g @ w
-                    grad_weight += g.t() @ h
-                else:
-                    torch.mm(g, w, out=grad_hidden[start : start + CHUNK_TOKENS])
-                    grad_weight.addmm_(g.t(), h)
+                g = g.to(products)
+                grad_hidden[start : start + CHUNK_TOKENS] = g @ w
+                grad_weight += g.t() @ h  # summed in fp32
         ctx.mark_non_differentiable(nll)
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)

@@ -36,7 +36,7 @@ import torch
 
 from translate.batching import Batch, batch_of_rows, gather, lengths_of, token_batches
 from translate.config import DataConfig
-from translate.data import DataError, Source, digest, open_source
+from translate.data import DataError, Source, digest, open_source, usable
 from translate.textfile import has_text
 from translate.tokenizer import Tokenizer, load_or_train
 
@@ -52,12 +52,13 @@ def prepare(
     source = source or open_source(cfg)
     folder = Path(cfg.artefacts) / cfg.name
     tokenizer = tokenizer_for(cfg, source, folder)
-    key = digest(FORMAT, source.fingerprint(), cfg.src_lang, cfg.tgt_lang, hashlib.sha1(tokenizer.model_bytes).digest())
+    tokenizer_sha1 = hashlib.sha1(tokenizer.model_bytes).hexdigest()
+    key = digest(FORMAT, source.fingerprint(), cfg.src_lang, cfg.tgt_lang, tokenizer_sha1)
     where = folder / "prepared" / f"{cfg.src_lang}-{cfg.tgt_lang}.{key}"
     if complete(where):
         log.info("tokenized training pairs: %s (reused)", where)
     else:
-        build(source, tokenizer, where, progress=progress)
+        build(source, tokenizer, where, extra={"tokenizer_sha1": tokenizer_sha1}, progress=progress)
     return tokenizer, TokenizedPairs(where, max_len=cfg.max_len)
 
 
@@ -118,8 +119,9 @@ def complete(where: Path) -> bool:
         return False
 
 
-def build(source: Source, tokenizer: Tokenizer, where: Path, *, progress: bool = True) -> None:
-    """Tokenize the training split into `where` (see the module docstring), chunk by chunk."""
+def build(source: Source, tokenizer: Tokenizer, where: Path, *, extra: dict, progress: bool = True) -> None:
+    """Tokenize the training split into `where` (see the module docstring), chunk by chunk;
+    `extra` joins what meta.json records."""
     from tqdm import tqdm
 
     where.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,7 @@ def build(source: Source, tokenizer: Tokenizer, where: Path, *, progress: bool =
             "corpus": source.name,
             "fingerprint": source.fingerprint(),
             "direction": f"{source.cfg.src_lang}-{source.cfg.tgt_lang}",
-            "tokenizer_sha1": hashlib.sha1(tokenizer.model_bytes).hexdigest(),
+            **extra,
             "pairs": len(table),
             "tokens": tokens,
             "dtype": np.dtype(dtype).name,
@@ -204,18 +206,7 @@ class TokenizedPairs:
         table = np.load(self.where / "lengths.npy")  # (N, 2) int32
         starts = np.zeros((2, len(table) + 1), dtype=np.int64)
         np.cumsum(table.T, axis=1, out=starts[:, 1:])
-        keep = np.flatnonzero((table > 0).all(axis=1) & (table <= max_len).all(axis=1))
-        dropped, empty = len(table) - len(keep), int((table == 0).any(axis=1).sum())
-        if dropped:
-            log.info(
-                "dropped %d of %d pairs: %d empty, %d over %d subwords", dropped, len(table), empty, dropped - empty,
-                max_len,
-            )  # fmt: skip
-        if not len(keep):
-            raise DataError(
-                f"no usable training pair: all {len(table)} are empty on a side or longer than data.max_len={max_len} "
-                "subwords; check the corpus or raise data.max_len"
-            )
+        keep = usable(table[:, 0], table[:, 1], max_len)
         self.src_lengths, self.tgt_lengths = table[keep, 0].astype(np.int64), table[keep, 1].astype(np.int64)
         self.src_starts, self.tgt_starts = starts[0, keep], starts[1, keep]
         self.src_ids = np.memmap(self.where / "src.bin", dtype=meta["dtype"], mode="r")

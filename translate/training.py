@@ -32,7 +32,6 @@ from translate.data import Split
 from translate.distributed import SINGLE, Group, agree, any_of, check_in_sync, shard
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner, NoTrainingState, StepResult
-from translate.precision import product_dtype
 from translate.runlog import MetricsLog
 from translate.schedule import EarlyStopping, budget_fraction, lr_at
 from translate.textfile import has_text
@@ -336,7 +335,7 @@ class Validation:
                 batches=self._batches,
                 search=self.search,
                 autocast=self.learner.autocast,
-                products=product_dtype(self.learner.precision),
+                products=self.learner.products,
                 progress=bar.update,
             )
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
