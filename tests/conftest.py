@@ -43,9 +43,11 @@ def write_text_corpus(folder: Path, splits: dict[str, list[tuple[str, str]]], sr
     return folder
 
 
-def run_cli(*args: str, cwd: Path, input: bytes | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m translate ...` as a user would, from `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(
+    *args: str, cwd: Path, input: bytes | None = None, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m translate ...` as a user would, from `cwd` (`env`: extra variables)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "translate", *args], cwd=cwd, input=input, capture_output=True, timeout=timeout, env=env
     )

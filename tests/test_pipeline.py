@@ -122,3 +122,70 @@ def test_bench_quick_writes_measured_figures(reversal_run):
 
     assert fig["machine"]["cpu"] == cpu_name() and fig["machine"]["torch"] == torch.__version__
     assert f"machine: {cpu_name()}" in result.stdout.decode()  # every table names where it was measured
+
+
+FAKE_PEER = {
+    "setup.sh": 'mkdir -p "$FAKE_WORK"; echo "venv: none   work: $FAKE_WORK   data: $DATA"\n',
+    "run_throughput.sh": "echo joeynmt_train_tgt_tok_per_s 500\n",
+    "run_train.sh": (
+        'mkdir -p "$RUN_DIR/model"; echo weights > "$RUN_DIR/model/12.ckpt"\n'
+        'echo "$BUDGET_S" >> "$FAKE_WORK/trainings"\n'
+        'echo "steady state: median 600 tgt tok/s"\n'
+    ),
+    "run_decode.sh": (
+        'mkdir -p "$FAKE_WORK/decode"; echo "$CKPT" >> "$FAKE_WORK/decoded"\n'
+        "for beam in 1 5; do\n"
+        '  for i in $(seq 100); do echo "A B"; done > "$FAKE_WORK/decode/test2016.beam$beam.yy"\n'
+        '  echo "== beam $beam: 100 hyps; generation 2.0s = 50.0 sents/s; whole process 0:04.00 (h:mm:ss);"\n'
+        '  echo "   BLEU: 1.50  nrefs:1"\n'
+        "done\n"
+    ),
+}
+
+
+def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(reversal_run):
+    """The peer side of the benchmark, with a stand-in kit that answers as the JoeyNMT kit's
+    scripts do: its model is trained once for as long as ours and reused by the next run,
+    and the decoding ratios are also given in target tokens per second."""
+    import json
+
+    kit = reversal_run / "fake-peer"
+    kit.mkdir(exist_ok=True)
+    for name, body in FAKE_PEER.items():
+        (kit / name).write_text("set -eu\n" + body, encoding="utf-8")
+    work = reversal_run / "fake-peer-work"
+    args = [
+        "bench",
+        *REVERSAL_OVERRIDES,
+        f"data.path={reversal_run / 'corpus'}",
+        "run_dir=bench-peer",
+        "bench.quick=true",
+        "bench.throughput_seconds=1",
+        "bench.warmup_steps=2",
+        "bench.variants=[fused]",
+        "bench.int8=false",
+        "bench.peer=joeynmt",
+        f"bench.peer_kit={kit}",
+        f"bench.checkpoint={reversal_run / 'run' / 'best.pt'}",
+    ]
+    env_work = {"FAKE_WORK": str(work)}
+    for attempt in range(2):
+        result = run_cli(*args, cwd=reversal_run, env=env_work)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        fig = json.loads((reversal_run / "bench-peer" / "bench.json").read_text())
+        # the reversal model trained for under a minute: the peer's model gets one minute, once
+        assert (work / "trainings").read_text().split() == ["60"], f"run {attempt + 1}"
+        assert fig["peer_decode_model_minutes"] == 1 and fig["decode_model_minutes"] < 1
+        assert fig["peer_decode_model"].endswith("joeynmt.1min/model/12.ckpt")
+        assert fig["peer_train_tgt_tokens_per_s"] == 500
+        assert fig["ratio_train_tgt_tokens_per_s"] == pytest.approx(fig["train_tgt_tokens_per_s"] / 500)
+        assert fig["peer_decode_beam5_sents_per_s"] == 50 and fig["peer_decode_beam5_process_sents_per_s"] == 25
+        # "A B" is two pieces in the reversal model's SentencePiece: 2 tokens a sentence
+        assert fig["peer_decode_beam5_tgt_tokens_per_sent"] == 2
+        assert fig["peer_decode_beam5_tgt_tokens_per_s"] == pytest.approx(100)
+        ours = fig["decode_beam5_tgt_tokens_per_s"]
+        assert fig["ratio_decode_beam5_tgt_tokens_per_s"] == pytest.approx(ours / 100)
+        assert fig["ratio_decode_beam5_process_sents_per_s"] == pytest.approx(
+            fig["decode_beam5_process_sents_per_s"] / 25
+        )
+    assert len((work / "decoded").read_text().splitlines()) == 2

@@ -17,7 +17,7 @@ from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner
-from translate.precision import choose_precision, probe
+from translate.precision import choose_precision, choose_threads, probe, probe_threads
 from translate.schedule import lr_at
 from translate.training import Progress, Validation
 
@@ -50,6 +50,37 @@ def test_precision_auto_is_chosen_by_a_timed_probe_and_cached(tmp_path, caplog):
     assert any("no bf16 arithmetic" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="auto, bf16, fp32"):
         choose_precision("fp16", CPU, model)
+
+
+def test_threads_are_chosen_by_a_timed_probe_where_there_is_a_choice(tmp_path):
+    model = tiny_model(40)
+    default = torch.get_num_threads()
+    calls: list[list[int]] = []
+
+    def fake(figures):
+        return lambda m, candidates, batch_tokens: calls.append(candidates) or figures
+
+    cache = tmp_path / "probe.json"
+    more = default + 2  # a machine with hyperthreads: more usable cores than torch's default
+    faster = choose_threads(None, model, cache=cache, cores=more, measure=fake({str(default): 1.0, str(more): 0.8}))
+    assert faster.threads == more and calls == [[default, more]] and "800 ms on" in faster.reason
+    again = choose_threads(None, model, cache=cache, cores=more, measure=fake({str(default): 0.1, str(more): 0.8}))
+    assert again.threads == more and len(calls) == 1 and "cached in" in again.reason
+    slower = choose_threads(
+        None, model, batch_tokens=999, cores=more, measure=fake({str(default): 0.5, str(more): 0.8})
+    )
+    assert slower.threads == default and len(calls) == 2  # hyperthreads slower here: torch's default
+    same = choose_threads(None, model, cores=default, measure=fake({}))
+    assert same.threads == default and "nothing to time" in same.reason and len(calls) == 2  # no probe
+    assert choose_threads(3, model, measure=fake({})).threads == 3 and len(calls) == 2  # asked for
+
+
+def test_the_threads_probe_times_each_count_and_puts_the_setting_back():
+    model = tiny_model(40)
+    before = torch.get_num_threads()
+    figures = probe_threads(model, [1, before], batch_tokens=200)
+    assert set(figures) == {"1", str(before)} and all(0 < t < 10 for t in figures.values())
+    assert torch.get_num_threads() == before
 
 
 def test_the_probe_times_both_precisions_and_leaves_the_model_and_random_state_alone():

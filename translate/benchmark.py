@@ -46,11 +46,15 @@ log = logging.getLogger(__name__)
 def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     from translate.learner import Learner
     from translate.model import Seq2Seq
+    from translate.precision import choose_threads
     from translate.prepared import prepare
 
     torch.manual_seed(cfg.train.seed)
     tokenizer, examples = prepare(cfg.data, progress=False)
     model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
+    cache = Path(cfg.data.artefacts) / "precision_probe.json"
+    threads = choose_threads(cfg.train.threads, model, batch_tokens=cfg.train.batch_tokens, cache=cache)
+    torch.set_num_threads(threads.threads)  # as training chooses them
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
     lr = lr_at(cfg.train, cfg.train.warmup_steps + 1, 0.1)  # a mid-run learning rate
     real = slots = steps = 0
@@ -168,13 +172,31 @@ def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8
     )
     whole = time.perf_counter() - start
     same = out_file.read_text(encoding="utf-8").splitlines() == hyps
+    tokens = target_tokens(translator.tokenizer, hyps)
     return {
         "sents_per_s": len(hyps) / steady,
         "process_sents_per_s": len(hyps) / whole,
+        "tgt_tokens_per_s": tokens / steady,
+        "process_tgt_tokens_per_s": tokens / whole,
+        "tgt_tokens_per_sent": tokens / max(len(hyps), 1),
         "bleu": bleu.bleu,
         "chrf": bleu.chrf,
         "process_output_identical": same,
     }
+
+
+def target_tokens(tokenizer, lines: list[str]) -> int:
+    """Subword tokens in `lines` (output text), counted with one SentencePiece model for
+    every system, so that a decoder whose outputs are short cannot look fast."""
+    return sum(len(ids) for ids in tokenizer.encode(lines))
+
+
+def model_minutes(checkpoint: Path) -> float | None:
+    """Minutes of training behind a translate model file (its last validation's clock)."""
+    from translate.checkpoint import load_checkpoint
+
+    minutes = load_checkpoint(checkpoint).get("metrics", {}).get("elapsed_min")
+    return float(minutes) if minutes is not None else None
 
 
 def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str) -> dict[str, Any]:
@@ -207,47 +229,101 @@ def train_subprocess(cfg: BenchRunConfig, overrides: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "translate", "train", *data, *overrides], check=True)
 
 
-def peer_joeynmt(cfg: BenchRunConfig) -> dict[str, float]:
-    """JoeyNMT measured by the peer kit's own scripts (their setup, their config)."""
+def peer_joeynmt(cfg: BenchRunConfig, minutes: float) -> dict[str, Any]:
+    """JoeyNMT measured by the peer kit's own scripts (their setup, their config).
+
+    The peer decodes a model of its own trained for `minutes` of wall clock, as long as the
+    model we decode: trained now in full mode (its training throughput is measured on the
+    way), else taken from the cache of earlier benchmark runs (peer_model), so quick mode
+    compares models of equal training time without training the peer for as long each time."""
     kit = Path(cfg.bench.peer_kit)
     if not (kit / "setup.sh").is_file():
         raise FileNotFoundError(f"no peer kit at {kit} (bench.peer_kit)")
     env = {**os.environ, "DATA": str(Path(cfg.data.path or "../shared/data/multi30k").resolve())}
-    subprocess.run(["bash", str(kit / "setup.sh")], check=True, env=env, stdout=subprocess.DEVNULL)
-    out: dict[str, float] = {}
+    setup = subprocess.run(["bash", str(kit / "setup.sh")], check=True, env=env, capture_output=True, text=True)
+    work = Path(re.findall(r"work: (\S+)", setup.stdout)[0])
+    out: dict[str, Any] = {}
     if cfg.bench.quick:
         env["BUDGET_S"] = str(cfg.bench.peer_train_seconds)
         probe = subprocess.run(
             ["bash", str(kit / "run_throughput.sh")], check=True, env=env, capture_output=True, text=True
         ).stdout
         out["peer_train_tgt_tokens_per_s"] = float(re.findall(r"joeynmt_train_tgt_tok_per_s ([\d.]+)", probe)[-1])
-        work = Path(
-            re.findall(
-                r"work: (\S+)",
-                subprocess.run(["bash", str(kit / "setup.sh")], env=env, capture_output=True, text=True).stdout,
-            )[0]
-        )
-        ckpts = sorted((work / "throughput" / "model").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        env["CKPT"] = str(ckpts[-1])
-        out["peer_decode_note"] = (
-            f"quick mode: the peer decodes the checkpoint of its {cfg.bench.peer_train_seconds}-second throughput "
-            "probe, an undertrained model whose short outputs make decoding faster than a trained model's"
-        )
-    else:
-        env["BUDGET_S"] = str(int(cfg.bench.budget_minutes * 60))
-        train = subprocess.run(["bash", str(kit / "run_train.sh")], check=True, env=env, capture_output=True, text=True)
-        steady = re.findall(r"steady state: median (\d+) tgt tok/s", train.stdout)
-        if steady:  # summarize_train.py's statistic, the same one its throughput probe prints
-            out["peer_train_tgt_tokens_per_s"] = float(steady[-1])
+    checkpoint, record = peer_model(cfg, kit, env, minutes, train=not cfg.bench.quick)
+    if record.get("train_tgt_tokens_per_s") and not cfg.bench.quick:
+        out["peer_train_tgt_tokens_per_s"] = record["train_tgt_tokens_per_s"]
+    out["peer_decode_model"] = str(checkpoint)
+    out["peer_decode_model_minutes"] = record["minutes"]
+    out["peer_decode_model_trained"] = record["trained"]
+    env["CKPT"] = str(checkpoint)
     decode = subprocess.run(
         ["bash", str(kit / "run_decode.sh")], check=True, env=env, capture_output=True, text=True
     ).stdout
-    for beam, rate in re.findall(r"== beam (\d+): .*? = ([\d.]+) sents/s", decode):
-        out[f"peer_decode_{'greedy' if beam == '1' else 'beam' + beam}_sents_per_s"] = float(rate)
+    pattern = r"== beam (\d+): (\d+) hyps; generation [\d.]+s = ([\d.]+) sents/s; whole process (\S+)"
+    for beam, n, rate, wall in re.findall(pattern, decode):
+        name = "greedy" if beam == "1" else f"beam{beam}"
+        out[f"peer_decode_{name}_sents_per_s"] = float(rate)
+        out[f"peer_decode_{name}_process_sents_per_s"] = int(n) / clock_seconds(wall)
+        written = sorted((work / "decode").glob(f"test2016.beam{beam}.*"), key=lambda p: p.stat().st_mtime)
+        out[f"peer_decode_{name}_hyps"] = written[-1].read_text(encoding="utf-8").splitlines()
     bleus = re.findall(r"BLEU: ([\d.]+)", decode)
     if len(bleus) >= 2:
         out["peer_bleu_test2016_greedy"], out["peer_bleu_test2016_beam5"] = float(bleus[0]), float(bleus[1])
     return out
+
+
+def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, train: bool) -> tuple[Path, dict]:
+    """The peer's model trained for `minutes` (rounded to whole minutes) and its record.
+
+    Kept in <data.artefacts>/<data.name>/peer/joeynmt.<N>min/ with peer.json, so later
+    benchmark runs reuse it; `train` (full mode) trains it again, in the same sitting as
+    our figures. Without a validation in its budget JoeyNMT keeps only the checkpoint it
+    saves when stopped: that one is used."""
+    whole = max(1, round(minutes))
+    folder = Path(cfg.data.artefacts) / cfg.data.name / "peer" / f"joeynmt.{whole}min"
+    record_file = folder / "peer.json"
+    if not train and record_file.is_file():
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        found = _peer_checkpoint(folder)
+        if found is not None:
+            log.info("peer: decoding its %d-minute model trained %s (%s)", whole, record["trained"], folder)
+            return found, record
+    log.info("peer: training its model for %d minutes, as long as ours (kept in %s for later runs)", whole, folder)
+    record_file.unlink(missing_ok=True)  # a model without its record is never reused
+    folder.mkdir(parents=True, exist_ok=True)
+    run_env = {**env, "BUDGET_S": str(whole * 60), "RUN_DIR": str(folder.resolve())}
+    trained = subprocess.run(
+        ["bash", str(kit / "run_train.sh")], check=True, env=run_env, capture_output=True, text=True
+    )
+    steady = re.findall(r"steady state: median (\d+) tgt tok/s", trained.stdout)
+    found = _peer_checkpoint(folder)
+    if found is None:
+        raise RuntimeError(f"the peer's training left no checkpoint in {folder / 'model'}")
+    record = {
+        "minutes": whole,
+        "trained": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": describe_machine(machine()),
+        "train_tgt_tokens_per_s": float(steady[-1]) if steady else None,
+    }
+    record_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return found, record
+
+
+def _peer_checkpoint(folder: Path) -> Path | None:
+    """best.ckpt, else the last checkpoint JoeyNMT wrote (the one saved when it was stopped)."""
+    model = folder / "model"
+    if (model / "best.ckpt").is_file():
+        return model / "best.ckpt"
+    ckpts = sorted(model.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if model.is_dir() else []
+    return ckpts[-1] if ckpts else None
+
+
+def clock_seconds(text: str) -> float:
+    """Seconds of GNU time's wall clock, h:mm:ss or m:ss.ss."""
+    seconds = 0.0
+    for part in text.split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
 
 
 def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
@@ -336,6 +412,7 @@ def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], overrides: lis
 def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> None:
     checkpoint = decoding_checkpoint(cfg, fig, overrides)
     fig["decode_checkpoint"] = str(checkpoint)
+    fig["decode_model_minutes"] = model_minutes(checkpoint)
     test = load_split(cfg.data, "test")
     kinds = [("greedy", 1, False), ("beam5", 5, False)]
     if cfg.bench.int8:
@@ -343,8 +420,9 @@ def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[s
     for name, beam, int8 in kinds:
         log.info("decoding %s with %s", cfg.data.test_name, name)
         r = decoding(cfg, test, checkpoint, beam, int8)
-        fig[f"decode_{name}_sents_per_s"] = r["sents_per_s"]
-        fig[f"decode_{name}_process_sents_per_s"] = r["process_sents_per_s"]
+        for key in ("sents_per_s", "process_sents_per_s", "tgt_tokens_per_s", "process_tgt_tokens_per_s"):
+            fig[f"decode_{name}_{key}"] = r[key]
+        fig[f"decode_{name}_tgt_tokens_per_sent"] = r["tgt_tokens_per_sent"]
         fig[f"decode_{name}_bleu"] = r["bleu"]
         fig[f"decode_{name}_process_output_identical"] = r["process_output_identical"]
     for name in ("greedy", "beam5"):
@@ -354,13 +432,13 @@ def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[s
             fig[f"{int8}speedup"] = fig[f"{int8}sents_per_s"] / fig[f"{fp32}sents_per_s"]
 
 
-# (our figure, the peer's figure) pairs whose ratio the benchmark reports
-RATIOS = (
-    ("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),
-    ("decode_greedy_sents_per_s", "decode_greedy_sents_per_s"),
-    ("decode_beam5_sents_per_s", "decode_beam5_sents_per_s"),
-    ("decode_greedy_int8_sents_per_s", "decode_greedy_sents_per_s"),  # the peer decodes in fp32 only
-    ("decode_beam5_int8_sents_per_s", "decode_beam5_sents_per_s"),
+# (our figure, the peer's figure) pairs whose ratio the benchmark reports; the peer decodes
+# in fp32 only, so our int8 figures are set against its fp32 ones
+RATIOS = (("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),) + tuple(
+    (f"decode_{kind}{int8}_{unit}", f"decode_{kind}_{unit}")
+    for kind in ("greedy", "beam5")
+    for int8 in ("", "_int8")
+    for unit in ("sents_per_s", "process_sents_per_s", "tgt_tokens_per_s", "process_tgt_tokens_per_s")
 )
 
 
@@ -368,10 +446,31 @@ def peer_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
     if not cfg.bench.peer:  # BenchConfig allows joeynmt only
         return
     log.info("peer: JoeyNMT via %s", cfg.bench.peer_kit)
-    fig.update(peer_joeynmt(cfg))
+    minutes = fig.get("decode_model_minutes") or cfg.bench.budget_minutes
+    peer = peer_joeynmt(cfg, minutes)
+    if fig.get("decode_checkpoint"):  # the peer's outputs counted with our model's SentencePiece
+        tokenizer = checkpoint_tokenizer(Path(fig["decode_checkpoint"]))
+        for kind in ("greedy", "beam5"):
+            hyps = peer.pop(f"peer_decode_{kind}_hyps", None)
+            if hyps is None:
+                continue
+            per_sent = target_tokens(tokenizer, hyps) / max(len(hyps), 1)
+            peer[f"peer_decode_{kind}_tgt_tokens_per_sent"] = per_sent
+            for unit in ("", "process_"):
+                peer[f"peer_decode_{kind}_{unit}tgt_tokens_per_s"] = (
+                    per_sent * peer[f"peer_decode_{kind}_{unit}sents_per_s"]
+                )
+    fig.update({k: v for k, v in peer.items() if not k.endswith("_hyps")})
     for ours, theirs in RATIOS:
         if ours in fig and f"peer_{theirs}" in fig:
             fig[f"ratio_{ours}"] = fig[ours] / fig[f"peer_{theirs}"]
+
+
+def checkpoint_tokenizer(checkpoint: Path):
+    from translate.checkpoint import load_checkpoint, tokenizer_bytes
+    from translate.tokenizer import Tokenizer
+
+    return Tokenizer(tokenizer_bytes(load_checkpoint(checkpoint)))
 
 
 def save(fig: dict[str, Any], run_dir: Path) -> None:

@@ -114,8 +114,9 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
-            # process 0 times the precisions (train.precision=auto); the others then read its figures
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=Path(cfg.data.artefacts) / "precision_probe.json")
+            threads = _threads(cfg, model, device, group.world_size, probe)
+            # process 0 times the precisions (train.precision=auto); the others then read its figures
             if not group.is_main:
                 sync()
             precision = choose_precision(cfg.train.precision, device, model, **probe)
@@ -123,7 +124,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                 sync()
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
             _log_setup(cfg, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, learner=learner,
-                       processes=group.world_size)  # fmt: skip
+                       processes=group.world_size, threads=threads)  # fmt: skip
             if record is not None and group.is_main:
                 record.keep(cfg.run_dir)
             progress = fit(learner, tokenizer, pairs, valid, cfg=cfg.train, run=run, group=group)
@@ -147,7 +148,20 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     return best
 
 
-def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int) -> None:
+def _threads(cfg: Config, model, device: torch.device, processes: int, probe: dict[str, Any]) -> str:
+    """Set torch's thread count for training (train.threads, else a timed choice); returns why."""
+    from translate.precision import choose_threads
+
+    if device.type != "cpu":
+        return "the GPU does the work"
+    if processes > 1 and not cfg.train.threads:
+        return f"{processes} processes share this machine: torch's default per process (OMP_NUM_THREADS)"
+    choice = choose_threads(cfg.train.threads, model, **probe)
+    torch.set_num_threads(choice.threads)
+    return choice.reason
+
+
+def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int, threads: str) -> None:
     """The first lines of a run: model, hardware and precision, budget."""
     m, t = cfg.model, cfg.train
     log.info(
@@ -162,10 +176,11 @@ def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, proce
     else:
         where = f"{cpu_name()}; {' '.join(cpu_features()) or 'no AVX2'}"
     log.info(
-        "device %s (%s), %d threads%s; precision %s (train.precision=%s: %s)",
+        "device %s (%s), %d threads (%s)%s; precision %s (train.precision=%s: %s)",
         learner.device,
         where,
         torch.get_num_threads(),
+        threads,
         f", {processes} processes" if processes > 1 else "",
         learner.precision,
         t.precision,

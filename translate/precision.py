@@ -95,7 +95,7 @@ def probe(model: torch.nn.Module, device: torch.device, batch_tokens: int, reps:
         return _probe(model, device, batch_tokens, reps, make_batch)
 
 
-def _probe(model, device, batch_tokens, reps, make_batch) -> dict[str, float]:
+def _probe(model, device, batch_tokens, reps, make_batch, precisions=("fp32", "bf16")) -> dict[str, float]:
     net = copy.deepcopy(model).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-9)
     length = 16
@@ -104,7 +104,7 @@ def _probe(model, device, batch_tokens, reps, make_batch) -> dict[str, float]:
     ids = torch.randint(4, model.vocab_size, (2, rows, length - 1), generator=g).tolist()
     batch = make_batch(ids[0], ids[1]).to(device)
     out = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         times = []
         for _ in range(reps + 1):
             start = time.perf_counter()
@@ -119,6 +119,61 @@ def _probe(model, device, batch_tokens, reps, make_batch) -> dict[str, float]:
             times.append(time.perf_counter() - start)
             optimizer.zero_grad(set_to_none=True)
         out[precision] = min(times[1:])
+    return out
+
+
+@dataclass
+class Threads:
+    threads: int
+    reason: str
+
+
+def choose_threads(
+    requested: int | None,
+    model: torch.nn.Module,
+    *,
+    batch_tokens: int = 1500,
+    cache: Path | None = None,
+    measure: Callable[..., dict[str, float]] | None = None,
+    cores: int | None = None,
+) -> Threads:
+    """How many threads torch's operators use (``train.threads``; null: chosen here).
+
+    The candidates are torch's default (one per physical core) and the cores this process
+    may run on (hyperthreads included); where they differ, a timed fp32 training step
+    decides, cached like the precision probe. `measure` and `cores` are for tests."""
+    if requested:
+        return Threads(requested, "train.threads asked for it")
+    default = torch.get_num_threads()
+    cores = cores or len(os.sched_getaffinity(0))
+    candidates = sorted({default, cores})
+    if len(candidates) == 1:
+        return Threads(default, f"torch's default, one per core of the {cores} this process may use; nothing to time")
+    key = f"threads {candidates} | " + probe_key(model, torch.device("cpu"), batch_tokens)
+    figures = _cached(cache, key)
+    where = f"cached in {cache}" if cache is not None else "this process"
+    if figures is None:
+        figures = (measure or probe_threads)(model, candidates, batch_tokens)
+        _store(cache, key, figures)
+        where = f"measured now, kept in {cache}" if cache is not None else "measured now"
+    best = min(candidates, key=lambda n: figures[str(n)])
+    timed = ", ".join(f"{figures[str(n)] * 1000:.0f} ms on {n}" for n in candidates)
+    return Threads(best, f"timed probe: a {batch_tokens}-token fp32 training step takes {timed} threads ({where})")
+
+
+def probe_threads(model: torch.nn.Module, candidates: list[int], batch_tokens: int) -> dict[str, float]:
+    """Seconds per fp32 training step with each thread count (see :func:`probe`)."""
+    from translate.batching import make_batch
+
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for n in candidates:
+            torch.set_num_threads(n)
+            with torch.random.fork_rng(devices=[]):
+                out[str(n)] = _probe(model, torch.device("cpu"), batch_tokens, 3, make_batch, ("fp32",))["fp32"]
+    finally:
+        torch.set_num_threads(before)
     return out
 
 

@@ -14,6 +14,7 @@ Under torchrun the processes meet once per step, in :func:`translate.distributed
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import threading
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from translate.averaging import Snapshots
 from translate.batching import Examples
 from translate.checkpoint import RunFolder, model_payload
 from translate.config import DecodeConfig, TrainConfig
@@ -309,6 +311,7 @@ class Validation:
         self.pictured = [i for i, line in enumerate(valid.src) if has_text(line)][:PICTURES]
         self.search = DecodeConfig(beam_size=cfg.valid_beam, batch_size=cfg.valid_batch_size)
         self._batches: list | None = None  # tokenized and batched once, reused by every validation
+        self.snapshots = Snapshots(run.path / "snapshots", cfg.average)
 
     def __call__(self, p: Progress, *, final: bool) -> None:
         if self.group.is_main:
@@ -316,18 +319,18 @@ class Validation:
         (p.done,) = any_of(self.group, p.done or final)
         check_in_sync(self.learner.model, self.group)
 
-    def _validate(self, p: Progress, *, final: bool) -> None:
-        model, cfg = self.learner.model, self.cfg
+    def _score(self, model: torch.nn.Module) -> tuple[dict[str, float], str]:
+        """Validation loss, perplexity, BLEU and chrF of `model`, and the BLEU signature."""
         if self._batches is None:
             self._batches = validation_batches(
                 self.tokenizer,
                 self.valid.src,
                 self.valid.tgt,
-                batch_tokens=cfg.batch_tokens,
+                batch_tokens=self.cfg.batch_tokens,
                 device=self.learner.device,
             )
         with tqdm(total=len(self.valid), desc="validation", unit=" lines", leave=False, disable=None) as bar:
-            m, signature = evaluate(
+            return evaluate(
                 model,
                 self.tokenizer,
                 self.valid.src,
@@ -338,6 +341,10 @@ class Validation:
                 products=self.learner.products,
                 progress=bar.update,
             )
+
+    def _validate(self, p: Progress, *, final: bool) -> None:
+        cfg = self.cfg
+        m, signature = self._score(self.learner.model)
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
         self.metrics.add("valid", p.step, p.elapsed / 60, **m)
         self.metrics.draw()
@@ -358,9 +365,46 @@ class Validation:
             signature,
         )
         p.done = p.done or final
+        weights = _payload(self.learner, self.tokenizer, p, with_state=False)
         if improved:
-            self.run.save("best.pt", _payload(self.learner, self.tokenizer, p, with_state=False))
+            self.run.save("best.pt", weights)
+        self.snapshots.add(p.step, weights)
         self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
+        if p.done:
+            self._average(p)
+
+    def _average(self, p: Progress) -> None:
+        """At the end of the run: validate the mean of the last validations' weights, and
+        make it best.pt if it scores higher than the best single checkpoint."""
+        found = self.snapshots.average()
+        if found is None:
+            return
+        weights, steps = found
+        model = copy.deepcopy(self.learner.model)
+        model.load_state_dict(weights)
+        m, _ = self._score(model)
+        better = m["valid_bleu"] > p.stopping.best_bleu
+        log.info(
+            "averaged weights of the last %d validations (steps %s): BLEU %.2f, loss %.3f; best single checkpoint: "
+            "BLEU %.2f at step %d -> best.pt is the %s",
+            len(steps),
+            ", ".join(map(str, steps)),
+            m["valid_bleu"],
+            m["valid_loss"],
+            p.stopping.best_bleu,
+            p.stopping.best_step,
+            "average" if better else "single checkpoint",
+        )
+        self.metrics.add("valid_averaged", p.step, p.elapsed / 60, **m)
+        if better:
+            payload = {
+                **model_payload(model, self.tokenizer),
+                "step": p.step,
+                "epoch": p.epoch,
+                "metrics": {"step": p.step, **m, "elapsed_min": p.elapsed / 60},
+                "averaged_steps": steps,
+            }
+            self.run.save("best.pt", payload)
 
     def _draw_attention(self, step: int) -> None:
         """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
