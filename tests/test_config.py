@@ -5,7 +5,7 @@ is composed, naming the key and what is allowed."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -82,7 +82,19 @@ def test_defaults_are_the_documented_pipeline():
     assert (cfg.data.hub_id, cfg.data.src_lang, cfg.data.tgt_lang) == ("bentrevett/multi30k", "en", "de")
     assert cfg.run_dir == "runs/multi30k.en-de"
     assert cfg.decode.beam_size == 5 and cfg.device == "auto"
-    assert cfg == Config(run_dir="runs/multi30k.en-de")  # the YAML adds nothing to the dataclass defaults
+    default = Config(run_dir="runs/multi30k.en-de")
+    resolved = replace(default, train=replace(default.train, warmup_steps=default.train.warmup))  # from the direction
+    assert cfg == resolved  # the YAML adds nothing to the dataclass defaults
+
+
+def test_the_warm_up_default_follows_the_direction_unless_set():
+    assert compose_config([]).train.warmup_steps == 100
+    de_en = ["data.src_lang=de", "data.tgt_lang=en"]
+    assert compose_config(de_en).train.warmup_steps == 400  # train.warmup_by_direction
+    assert compose_config([*de_en, "train.warmup_steps=50"]).train.warmup_steps == 50  # asked for: kept
+    assert compose_config(["+train.warmup_by_direction.en-de=300"]).train.warmup_steps == 300
+    with pytest.raises(ConfigError, match="warmup_by_direction"):
+        compose_config(["+train.warmup_by_direction.ende=300"])
 
 
 def test_overlays_change_what_they_pin():

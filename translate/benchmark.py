@@ -56,7 +56,7 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     threads = choose_threads(cfg.train.threads, model, batch_tokens=cfg.train.batch_tokens, cache=cache)
     torch.set_num_threads(threads.threads)  # as training chooses them
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
-    lr = lr_at(cfg.train, cfg.train.warmup_steps + 1, 0.1)  # a mid-run learning rate
+    lr = lr_at(cfg.train, cfg.train.warmup + 1, 0.1)  # a mid-run learning rate
     real = slots = steps = 0
     start, measured = None, []
     for n, index in enumerate(

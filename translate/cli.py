@@ -188,11 +188,13 @@ def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, proce
     )
     budget = [f"{t.max_time:g} minutes" if t.max_time else "", f"{t.max_steps} steps" if t.max_steps else ""]
     log.info(
-        "budget: %s, at most %d epochs; batches of %d target tokens; validation every %d steps; "
-        "early stopping after %s",
+        "budget: %s, at most %d epochs; batches of %d target tokens, lr %g after %d warm-up steps; "
+        "validation every %d steps; early stopping after %s",
         " or ".join(b for b in budget if b) or "no time or step limit",
         t.max_epochs,
         t.batch_tokens,
+        t.lr,
+        t.warmup,
         t.valid_every,
         f"{t.patience} validations without a gain" if t.patience else "never",
     )

@@ -20,7 +20,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1
     `min_lr_ratio * lr` by the end of the budget; rsqrt decay (Vaswani et al. 2017);
     constant; or plateau (scaled down when validation BLEU stalls).
     """
-    warm = min(1.0, step / max(1, cfg.warmup_steps))
+    warm = min(1.0, step / max(1, cfg.warmup))
     progress = min(max(progress, 0.0), 1.0)
     floor = cfg.min_lr_ratio
     if cfg.schedule == "cosine":
@@ -28,7 +28,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1
     elif cfg.schedule == "linear":
         decay = floor + (1 - floor) * (1 - progress)
     elif cfg.schedule == "rsqrt":
-        decay = math.sqrt(max(1, cfg.warmup_steps) / max(step, cfg.warmup_steps, 1))
+        decay = math.sqrt(max(1, cfg.warmup) / max(step, cfg.warmup, 1))
     else:  # constant, plateau (TrainConfig allows no other)
         decay = plateau_scale
     return cfg.lr * warm * decay
