@@ -90,11 +90,15 @@ def test_the_average_becomes_best_only_if_it_validates_higher(tmp_path, monkeypa
     run.close()
     if expect_average:
         assert best["averaged_steps"] == [1, 2] and best["metrics"]["valid_bleu"] == 60.0
+        assert (p.stopping.best_bleu, p.stopping.best_step) == (60.0, 2)  # what the run reports as its best
+        saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
+        assert saved["history"][-1]["averaged_steps"] == [1, 2] and saved["stopping"]["best_bleu"] == 60.0
         first = load_checkpoint(tmp_path / "run" / "snapshots" / "step1.pt")["model"]
         for name, w in model.state_dict().items():
             assert torch.allclose(best["model"][name], (first[name] + w) / 2, atol=1e-6)
     else:
         assert "averaged_steps" not in best and best["step"] == 1
+        assert (p.stopping.best_bleu, p.stopping.best_step) == (50.0, 1)
     # training state is never averaged: last.pt holds the weights training reached
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())

@@ -243,15 +243,15 @@ def peer_joeynmt(cfg: BenchRunConfig, minutes: float) -> dict[str, Any]:
     setup = subprocess.run(["bash", str(kit / "setup.sh")], check=True, env=env, capture_output=True, text=True)
     work = Path(re.findall(r"work: (\S+)", setup.stdout)[0])
     out: dict[str, Any] = {}
-    if cfg.bench.quick:
+    checkpoint, record, trained_now = peer_model(cfg, kit, env, minutes, train=not cfg.bench.quick)
+    if trained_now and record.get("train_tgt_tokens_per_s"):  # measured in this run, by the same statistic
+        out["peer_train_tgt_tokens_per_s"] = record["train_tgt_tokens_per_s"]
+    elif cfg.bench.quick:  # a reused model: its throughput is another sitting's, so probe it now
         env["BUDGET_S"] = str(cfg.bench.peer_train_seconds)
         probe = subprocess.run(
             ["bash", str(kit / "run_throughput.sh")], check=True, env=env, capture_output=True, text=True
         ).stdout
         out["peer_train_tgt_tokens_per_s"] = float(re.findall(r"joeynmt_train_tgt_tok_per_s ([\d.]+)", probe)[-1])
-    checkpoint, record = peer_model(cfg, kit, env, minutes, train=not cfg.bench.quick)
-    if record.get("train_tgt_tokens_per_s") and not cfg.bench.quick:
-        out["peer_train_tgt_tokens_per_s"] = record["train_tgt_tokens_per_s"]
     out["peer_decode_model"] = str(checkpoint)
     out["peer_decode_model_minutes"] = record["minutes"]
     out["peer_decode_model_trained"] = record["trained"]
@@ -272,8 +272,9 @@ def peer_joeynmt(cfg: BenchRunConfig, minutes: float) -> dict[str, Any]:
     return out
 
 
-def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, train: bool) -> tuple[Path, dict]:
-    """The peer's model trained for `minutes` (rounded to whole minutes) and its record.
+def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, train: bool) -> tuple[Path, dict, bool]:
+    """The peer's model trained for `minutes` (rounded to whole minutes), its record, and
+    whether it was trained now.
 
     Kept in <data.artefacts>/<data.name>/peer/joeynmt.<N>min/ with peer.json, so later
     benchmark runs reuse it; `train` (full mode) trains it again, in the same sitting as
@@ -287,7 +288,7 @@ def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, tra
         found = _peer_checkpoint(folder)
         if found is not None:
             log.info("peer: decoding its %d-minute model trained %s (%s)", whole, record["trained"], folder)
-            return found, record
+            return found, record, False
     log.info("peer: training its model for %d minutes, as long as ours (kept in %s for later runs)", whole, folder)
     record_file.unlink(missing_ok=True)  # a model without its record is never reused
     folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +307,7 @@ def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, tra
         "train_tgt_tokens_per_s": float(steady[-1]) if steady else None,
     }
     record_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return found, record
+    return found, record, True
 
 
 def _peer_checkpoint(folder: Path) -> Path | None:

@@ -138,11 +138,14 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
         raise SystemExit(130) from None
     finally:
         distributed.shutdown(group)
-    best = next((h for h in progress.history if h["step"] == progress.stopping.best_step), {})
+    # the last record of the best step: the averaged weights', where they won
+    best = next((h for h in reversed(progress.history) if h["step"] == progress.stopping.best_step), {})
+    averaged = best.get("averaged_steps")
     log.info(
-        "best validation BLEU %.2f at step %d -> %s",
+        "best validation BLEU %.2f at step %d%s -> %s",
         progress.stopping.best_bleu,
         progress.stopping.best_step,
+        f" (the mean weights of steps {', '.join(map(str, averaged))})" if averaged else "",
         Path(cfg.run_dir) / "best.pt",
     )
     return best

@@ -70,12 +70,7 @@ def choose_precision(
     if model is None:
         return Choice("fp32", "no model to time bf16 with")
     key = probe_key(model, device, batch_tokens)
-    figures = _cached(cache, key)
-    where = f"cached in {cache}" if cache is not None else "this process"
-    if figures is None:
-        figures = (measure or probe)(model, device, batch_tokens)
-        _store(cache, key, figures)
-        where = f"measured now, kept in {cache}" if cache is not None else "measured now"
+    figures, where = _figures(cache, key, lambda: (measure or probe)(model, device, batch_tokens))
     fp32, bf16 = figures["fp32"], figures["bf16"]
     precision = "bf16" if bf16 <= BF16_MARGIN * fp32 else "fp32"
     why = (
@@ -150,12 +145,7 @@ def choose_threads(
     if len(candidates) == 1:
         return Threads(default, f"torch's default, one per core of the {cores} this process may use; nothing to time")
     key = f"threads {candidates} | " + probe_key(model, torch.device("cpu"), batch_tokens)
-    figures = _cached(cache, key)
-    where = f"cached in {cache}" if cache is not None else "this process"
-    if figures is None:
-        figures = (measure or probe_threads)(model, candidates, batch_tokens)
-        _store(cache, key, figures)
-        where = f"measured now, kept in {cache}" if cache is not None else "measured now"
+    figures, where = _figures(cache, key, lambda: (measure or probe_threads)(model, candidates, batch_tokens))
     best = min(candidates, key=lambda n: figures[str(n)])
     timed = ", ".join(f"{figures[str(n)] * 1000:.0f} ms on {n}" for n in candidates)
     return Threads(best, f"timed probe: a {batch_tokens}-token fp32 training step takes {timed} threads ({where})")
@@ -189,6 +179,16 @@ def probe_key(model: torch.nn.Module, device: torch.device, batch_tokens: int) -
         f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {batch_tokens} tokens | {shape}"
         f" | probe {PROBE_VERSION}"
     )
+
+
+def _figures(cache: Path | None, key: str, measure: Callable[[], dict[str, float]]) -> tuple[dict[str, float], str]:
+    """A probe's figures for `key`: from the cache, else measured now and kept; and where they came from."""
+    figures = _cached(cache, key)
+    if figures is not None:
+        return figures, f"cached in {cache}" if cache is not None else "this process"
+    figures = measure()
+    _store(cache, key, figures)
+    return figures, f"measured now, kept in {cache}" if cache is not None else "measured now"
 
 
 def _cached(cache: Path | None, key: str) -> dict[str, float] | None:

@@ -397,14 +397,12 @@ class Validation:
         )
         self.metrics.add("valid_averaged", p.step, p.elapsed / 60, **m)
         if better:
-            payload = {
-                **model_payload(model, self.tokenizer),
-                "step": p.step,
-                "epoch": p.epoch,
-                "metrics": {"step": p.step, **m, "elapsed_min": p.elapsed / 60},
-                "averaged_steps": steps,
-            }
-            self.run.save("best.pt", payload)
+            record = {"step": p.step, **m, "elapsed_min": p.elapsed / 60, "averaged_steps": steps}
+            payload = {**model_payload(model, self.tokenizer), "step": p.step, "epoch": p.epoch, "metrics": record}
+            self.run.save("best.pt", {**payload, "averaged_steps": steps})
+            p.history.append(record)
+            p.stopping.best_bleu, p.stopping.best_step = m["valid_bleu"], p.step
+            self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))  # knows it too
 
     def _draw_attention(self, step: int) -> None:
         """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
