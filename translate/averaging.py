@@ -12,15 +12,12 @@ that never stopped.
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 import torch
 
 from translate.checkpoint import load_checkpoint, save_checkpoint
-
-log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"step(\d+)\.pt")
 

@@ -46,15 +46,13 @@ log = logging.getLogger(__name__)
 def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
     from translate.learner import Learner
     from translate.model import Seq2Seq
-    from translate.precision import choose_threads
+    from translate.precision import probe_cache, use_threads
     from translate.prepared import prepare
 
     torch.manual_seed(cfg.train.seed)
     tokenizer, examples = prepare(cfg.data, progress=False)
     model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
-    cache = Path(cfg.data.artefacts) / "precision_probe.json"
-    threads = choose_threads(cfg.train.threads, model, batch_tokens=cfg.train.batch_tokens, cache=cache)
-    torch.set_num_threads(threads.threads)  # as training chooses them
+    use_threads(cfg.train.threads, model, batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
     lr = lr_at(cfg.train, cfg.train.warmup + 1, 0.1)  # a mid-run learning rate
     real = slots = steps = 0
@@ -229,13 +227,14 @@ def train_subprocess(cfg: BenchRunConfig, overrides: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "translate", "train", *data, *overrides], check=True)
 
 
-def peer_joeynmt(cfg: BenchRunConfig, minutes: float) -> dict[str, Any]:
+def peer_joeynmt(cfg: BenchRunConfig, minutes: float, tokenizer) -> dict[str, Any]:
     """JoeyNMT measured by the peer kit's own scripts (their setup, their config).
 
     The peer decodes a model of its own trained for `minutes` of wall clock, as long as the
     model we decode: trained now in full mode (its training throughput is measured on the
     way), else taken from the cache of earlier benchmark runs (peer_model), so quick mode
-    compares models of equal training time without training the peer for as long each time."""
+    compares models of equal training time without training the peer for as long each time.
+    Its outputs are counted in target tokens with `tokenizer` (our model's)."""
     kit = Path(cfg.bench.peer_kit)
     if not (kit / "setup.sh").is_file():
         raise FileNotFoundError(f"no peer kit at {kit} (bench.peer_kit)")
@@ -265,7 +264,11 @@ def peer_joeynmt(cfg: BenchRunConfig, minutes: float) -> dict[str, Any]:
         out[f"peer_decode_{name}_sents_per_s"] = float(rate)
         out[f"peer_decode_{name}_process_sents_per_s"] = int(n) / clock_seconds(wall)
         written = sorted((work / "decode").glob(f"test2016.beam{beam}.*"), key=lambda p: p.stat().st_mtime)
-        out[f"peer_decode_{name}_hyps"] = written[-1].read_text(encoding="utf-8").splitlines()
+        hyps = written[-1].read_text(encoding="utf-8").splitlines()
+        per_sent = target_tokens(tokenizer, hyps) / max(len(hyps), 1)
+        out[f"peer_decode_{name}_tgt_tokens_per_sent"] = per_sent
+        for unit in ("", "process_"):
+            out[f"peer_decode_{name}_{unit}tgt_tokens_per_s"] = per_sent * out[f"peer_decode_{name}_{unit}sents_per_s"]
     bleus = re.findall(r"BLEU: ([\d.]+)", decode)
     if len(bleus) >= 2:
         out["peer_bleu_test2016_greedy"], out["peer_bleu_test2016_beam5"] = float(bleus[0]), float(bleus[1])
@@ -448,20 +451,7 @@ def peer_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
         return
     log.info("peer: JoeyNMT via %s", cfg.bench.peer_kit)
     minutes = fig.get("decode_model_minutes") or cfg.bench.budget_minutes
-    peer = peer_joeynmt(cfg, minutes)
-    if fig.get("decode_checkpoint"):  # the peer's outputs counted with our model's SentencePiece
-        tokenizer = checkpoint_tokenizer(Path(fig["decode_checkpoint"]))
-        for kind in ("greedy", "beam5"):
-            hyps = peer.pop(f"peer_decode_{kind}_hyps", None)
-            if hyps is None:
-                continue
-            per_sent = target_tokens(tokenizer, hyps) / max(len(hyps), 1)
-            peer[f"peer_decode_{kind}_tgt_tokens_per_sent"] = per_sent
-            for unit in ("", "process_"):
-                peer[f"peer_decode_{kind}_{unit}tgt_tokens_per_s"] = (
-                    per_sent * peer[f"peer_decode_{kind}_{unit}sents_per_s"]
-                )
-    fig.update({k: v for k, v in peer.items() if not k.endswith("_hyps")})
+    fig.update(peer_joeynmt(cfg, minutes, checkpoint_tokenizer(Path(fig["decode_checkpoint"]))))
     for ours, theirs in RATIOS:
         if ours in fig and f"peer_{theirs}" in fig:
             fig[f"ratio_{ours}"] = fig[ours] / fig[f"peer_{theirs}"]

@@ -79,7 +79,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     from translate.data import DataError, describe, open_source
     from translate.learner import Learner
     from translate.model import Seq2Seq, count_parameters
-    from translate.precision import choose_precision
+    from translate.precision import choose_precision, probe_cache
     from translate.prepared import prepare as prepare_pairs
     from translate.training import Interrupted, fit
 
@@ -114,7 +114,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
-            probe = dict(batch_tokens=cfg.train.batch_tokens, cache=Path(cfg.data.artefacts) / "precision_probe.json")
+            probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
             threads = _threads(cfg, model, device, group.world_size, probe)
             # process 0 times the precisions (train.precision=auto); the others then read its figures
             if not group.is_main:
@@ -153,15 +153,13 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
 
 def _threads(cfg: Config, model, device: torch.device, processes: int, probe: dict[str, Any]) -> str:
     """Set torch's thread count for training (train.threads, else a timed choice); returns why."""
-    from translate.precision import choose_threads
+    from translate.precision import use_threads
 
     if device.type != "cpu":
         return "the GPU does the work"
     if processes > 1 and not cfg.train.threads:
         return f"{processes} processes share this machine: torch's default per process (OMP_NUM_THREADS)"
-    choice = choose_threads(cfg.train.threads, model, **probe)
-    torch.set_num_threads(choice.threads)
-    return choice.reason
+    return use_threads(cfg.train.threads, model, **probe)
 
 
 def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int, threads: str) -> None:

@@ -260,7 +260,7 @@ class BenchConfig(_Checked):
     int8: bool = True  # also measure int8 decoding (translate/quantize.py)
     checkpoint: str | None = None  # model for the decoding figures; default: en-de time-to-BLEU or run_dir best.pt
     quick_train_minutes: float = 3.0  # quick mode without a checkpoint trains one this long
-    peer_train_seconds: int = 300  # peer throughput probe (quick); full mode trains it budget_minutes
+    peer_train_seconds: int = 300  # peer throughput probe, quick mode with a peer model of an earlier run
 
     def __post_init__(self) -> None:
         from translate.decoder import VARIANTS
@@ -319,7 +319,7 @@ def to_config(dcfg) -> Config:
             if isinstance(value, dict) and is_dataclass(default):
                 check(value, type(default), f"{where}{key}.")
 
-    if "train" in dcfg and dcfg.train.warmup_steps is None:  # the per-direction default
+    if dcfg.train.warmup_steps is None:  # the per-direction default
         direction = f"{dcfg.data.src_lang}-{dcfg.data.tgt_lang}"
         dcfg.train.warmup_steps = dcfg.train.warmup_by_direction.get(direction, DEFAULT_WARMUP)
     plain = OmegaConf.to_container(dcfg, resolve=False)

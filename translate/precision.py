@@ -151,6 +151,18 @@ def choose_threads(
     return Threads(best, f"timed probe: a {batch_tokens}-token fp32 training step takes {timed} threads ({where})")
 
 
+def use_threads(requested: int | None, model: torch.nn.Module, *, batch_tokens: int, cache: Path | None) -> str:
+    """Choose the thread count (:func:`choose_threads`), set it in torch, and say why."""
+    choice = choose_threads(requested, model, batch_tokens=batch_tokens, cache=cache)
+    torch.set_num_threads(choice.threads)
+    return choice.reason
+
+
+def probe_cache(artefacts: str | Path) -> Path:
+    """Where the probes' figures are kept: one file per artefact folder (data.artefacts)."""
+    return Path(artefacts) / "precision_probe.json"
+
+
 def probe_threads(model: torch.nn.Module, candidates: list[int], batch_tokens: int) -> dict[str, float]:
     """Seconds per fp32 training step with each thread count (see :func:`probe`)."""
     from translate.batching import make_batch
