@@ -66,6 +66,25 @@ def test_step_by_step_decoding_equals_teacher_forcing(decoder, attention):
             torch.testing.assert_close(log_probs[real], forced[real, t], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("decoder", ["fused", "input_feed"])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_beams_sharing_one_memory_row_decode_as_with_a_copy_each(decoder, attention):
+    # beam search keeps one memory row per sentence for its k adjacent state rows
+    model = build(decoder, attention)
+    batch = make_batch([[5, 6, 7, 8], [9, 10], [11, 12, 13]])
+    k = 3
+    tile = torch.arange(3).repeat_interleave(k)
+    tokens = torch.tensor([14, 15, 16, 17, 18, 19, 20, 21, 22])
+    with torch.no_grad():
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        state = model.reorder(state, tile)
+        shared = model.decode_step(tokens, state, memory, need_attention=True)
+        copied = model.decode_step(tokens, state, model.reorder(memory, tile), need_attention=True)
+    torch.testing.assert_close(shared[0], copied[0], atol=1e-5, rtol=1e-4)  # log-probabilities
+    torch.testing.assert_close(shared[1].hidden, copied[1].hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared[2], copied[2], atol=1e-6, rtol=1e-4)  # each row's attention (9, H, S)
+
+
 @pytest.mark.parametrize("self_attention", [False, True])
 def test_encoder_output_does_not_depend_on_batch_padding(self_attention):
     model = build("fused", "general", encoder_self_attention=self_attention)

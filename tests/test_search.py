@@ -118,6 +118,27 @@ def test_eos_is_forced_at_the_length_limit():
         assert g.tokens == [A] * limit
 
 
+def test_early_stop_ends_a_sentence_once_its_best_candidate_ends():
+    # step 2's best candidate is B EOS (0.36); beam 3 then holds 2 finished hypotheses (B, A)
+    # and, without early stopping, goes on until a third ends
+    kwargs = dict(beam_size=3, length_penalty_alpha=0.0, max_len_a=0, max_len_b=10)
+    full, early = BigramModel(TABLE), BigramModel(TABLE)
+    (thorough,) = beam_search(full, *src_batch(), **kwargs, n_best=3)
+    (quick,) = beam_search(early, *src_batch(), **kwargs, early_stop=True)
+    assert early.calls == 2 < full.calls
+    assert quick[0].tokens == thorough[0].tokens == [B]
+    assert len(thorough) == 3
+    (two,) = beam_search(BigramModel(TABLE), *src_batch(), **kwargs, n_best=2, early_stop=True)
+    assert [h.tokens for h in two] == [[B], [A]]  # n_best finished hypotheses are still waited for
+
+
+def test_a_beam_wider_than_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+        beam_search(
+            BigramModel(TABLE), *src_batch(), beam_size=V + 1, length_penalty_alpha=0.0, max_len_a=0, max_len_b=5
+        )
+
+
 def test_pad_and_bos_are_never_generated():
     table = {BOS: {0: 0.5, BOS: 0.3, A: 0.2}, A: {EOS: 1.0}}
     (nbest,) = beam_search(

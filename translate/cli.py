@@ -414,6 +414,11 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda when there is one; cpu with --int8), cpu, cuda")
     parser.add_argument("--int8", action="store_true", help="decode with int8 matrix products (CPU only, faster)")
     parser.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="end a sentence once a step's best candidate ends (as JoeyNMT does): faster, slightly lower BLEU",
+    )
+    parser.add_argument(
         "--stream",
         action="store_true",
         help="translate and flush each line as it arrives (on by itself when stdin is a terminal)",
@@ -454,7 +459,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     try:
         device = device_for("cpu" if args.int8 and args.device == "auto" else args.device)
         sizes = dict(beam_size=args.beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
-        cfg = replace(DecodeConfig(), **sizes, int8=args.int8)
+        cfg = replace(DecodeConfig(), **sizes, int8=args.int8, early_stop=args.early_stop)
         plots = Heatmaps(args.attention_plots) if args.attention_plots else None  # unwritable: before any work
         translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
         src = sys.stdin.buffer if reading_stdin else open(args.input, "rb")

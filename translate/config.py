@@ -213,6 +213,9 @@ class DecodeConfig(_Checked):
     batch_tokens: int = 20000
     int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
     n_best: int = 1  # hypotheses kept per sentence (<= beam_size); make bleu scores the first, writes all
+    # a sentence ends once a step's best candidate ends (OpenNMT-py, JoeyNMT); false: once it
+    # holds beam_size finished hypotheses (fairseq), slower
+    early_stop: bool = False
     checkpoint: str = "best"  # best | last, inside run_dir, or a path to a .pt file
 
     def __post_init__(self) -> None:

@@ -85,7 +85,8 @@ class Decoder(nn.Module):
     def attend_step(
         self, emb: torch.Tensor, state: DecoderState, memory: Memory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """emb (B, 1, E) -> attentional output (B, 1, E), next state, attention weights (B, H, 1, S)."""
+        """emb (B, 1, E) -> attentional output (B, 1, E), next state, attention weights (B, H, 1, S).
+        The memory may hold one row per sentence for g adjacent rows each (beams): see _attend."""
         raise NotImplementedError
 
     def step(
@@ -94,6 +95,17 @@ class Decoder(nn.Module):
         """tokens (B,) previous outputs -> logits (B, V), next state, the step's attention (B, H, S)."""
         out, state, weights = self.attend_step(self.embed(tokens).unsqueeze(1), state, memory)
         return self.output(out).squeeze(1), state, weights.squeeze(2)
+
+    def _attend(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (R, 1, Dq) -> context (R, 1, C), weights (R, H, 1, S), for R = n x g rows over
+        a memory of n sentences: each sentence's g rows (its beams, adjacent) share its memory
+        and query it as g positions of one sentence, so the memory is never repeated per beam."""
+        n = memory.keys.size(0)
+        if query.size(0) == n:
+            return self.attention(query, memory)
+        g = query.size(0) // n
+        context, weights = self.attention(query.view(n, g, -1), memory)  # (n, g, C), (n, H, g, S)
+        return context.reshape(n * g, 1, -1), weights.transpose(1, 2).reshape(n * g, weights.size(1), 1, -1)
 
     def _attentional(self, s: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """o = tanh(W_c [s; c]): (B, T, H), (B, T, C) -> (B, T, E)."""
@@ -114,7 +126,7 @@ class FusedDecoder(Decoder):
 
     def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory):
         s, hidden = self.rnn(emb, state.hidden)
-        context, weights = self.attention(s, memory)
+        context, weights = self._attend(s, memory)
         return self._attentional(s, context), DecoderState(hidden), weights
 
 
@@ -133,7 +145,7 @@ class InputFeedDecoder(Decoder):
         return self.dropout(torch.cat(outs, dim=1))
 
     def attend_step(self, emb: torch.Tensor, state: DecoderState, memory: Memory):
-        context, weights = self.attention(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
+        context, weights = self._attend(state.hidden[-1].unsqueeze(1), memory)  # query s_{t-1}: (B, 1, C)
         s, hidden = self.rnn(torch.cat([emb, context], dim=-1), state.hidden)  # (B, 1, H)
         return self._attentional(s, context), DecoderState(hidden), weights
 

@@ -7,6 +7,9 @@ does):
     log_probs, state = model.decode_step(prev_tokens, state, memory)
     state = model.reorder(state, index)        # also memory, for beam tiling / pruning
 
+The state may hold g adjacent rows per sentence (its beams) while the memory holds one:
+``decode_step`` lets each sentence's rows share its memory (translate/decoder.py).
+
 ``decode_step(..., need_attention=True)`` also returns the step's attention weights
 (B, H, S): what each head of the step attended to (H = 1 but for multi-head). The
 weights are computed in any case, so asking costs nothing in the model.

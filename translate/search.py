@@ -1,12 +1,18 @@
 """Greedy and beam search, batched over sentences and beams.
 
-The driver reads as prose (after OpenNMT-py): encode, tile, then step, advance, reorder
-until every sentence is done. It talks to the model only through ``encode``,
-``decode_step`` and ``reorder`` and keeps no state outside the call.
+The driver reads as prose (after OpenNMT-py): encode, then step, advance, reorder until
+every sentence is done. It talks to the model only through ``encode``, ``decode_step``
+and ``reorder`` and keeps no state outside the call. The decoder state has one row per
+live hypothesis, a sentence's beams adjacent; the encoder memory keeps one row per
+sentence (the model's ``decode_step`` lets each sentence's beams share it), so pruning
+finished sentences copies k times less. The first step runs one row per sentence, since
+all k beams would start the same, and its k best candidates make the beams.
 
 Details follow fairseq's sequence generator: each step looks at the 2k best candidates
 so that hypotheses ending in EOS do not shrink the beam; an EOS candidate ranked in the
-top k finishes a hypothesis; a sentence is done once it holds k finished hypotheses;
+top k finishes a hypothesis; a sentence is done once it holds k finished hypotheses
+(or, with ``early_stop``, as in OpenNMT-py and JoeyNMT, once a step's best candidate
+ends: faster, and 0.4 BLEU lower on Multi30k validation in the README);
 padding and BOS are never generated; EOS is forced once a sentence reaches its length
 limit ``floor(a * source_length + b)``. Finished sentences leave the batch, so the work
 per step shrinks as sentences end. Scores are normalized with the GNMT length penalty
@@ -120,23 +126,27 @@ def beam_search(
     max_len_a: float,
     max_len_b: int,
     n_best: int = 1,
+    early_stop: bool = False,
     need_attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """src (B, S) -> for each sentence, its `n_best` hypotheses, best first."""
+    """src (B, S) -> for each sentence, its `n_best` hypotheses, best first.
+
+    A sentence is done once it holds k finished hypotheses or, with `early_stop`, once the
+    best candidate of some step has ended and it holds `n_best` finished hypotheses."""
     k, B, device = beam_size, src.size(0), src.device
     if n_best > k:
         raise ValueError(f"n_best ({n_best}) cannot exceed the beam size ({k})")
-    memory, state = model.encode(src, src_lengths)
-    tile = torch.arange(B, device=device).repeat_interleave(k)  # (B*k,)
-    memory, state = model.reorder(memory, tile), model.reorder(state, tile)
+    memory, state = model.encode(src, src_lengths)  # memory stays one row per sentence
 
     limits = max_lengths(src_lengths, max_len_a, max_len_b).to(device)
     sent = torch.arange(B, device=device)  # original index of each active sentence
-    scores = torch.full((B, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # one live beam at the start, so the k beams do not repeat each other
-    history = torch.full((B * k, 1), BOS, dtype=torch.long, device=device)
-    attention = None  # (nb*k, t, H, S): each live beam's attention so far, when asked for
+    width = 1  # live beams per sentence: one at the first step (all k would be the same), then k
+    scores = torch.zeros(B, width, device=device)
+    history = torch.full((B, 1), BOS, dtype=torch.long, device=device)  # (nb * width, t + 1)
+    attention = None  # (nb * width, t, H, S): each live beam's attention so far, when asked for
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    n_finished = torch.zeros(B, dtype=torch.long, device=device)
+    best_ended = torch.zeros(B, dtype=torch.bool, device=device)  # some step's best candidate was an EOS
 
     t = 0
     while sent.numel():
@@ -145,19 +155,27 @@ def beam_search(
             log_probs, state, weights = model.decode_step(history[:, -1], state, memory, need_attention=True)
             attention = weights.unsqueeze(1) if attention is None else torch.cat([attention, weights.unsqueeze(1)], 1)
         else:
-            log_probs, state = model.decode_step(history[:, -1], state, memory)  # (nb*k, V)
+            log_probs, state = model.decode_step(history[:, -1], state, memory)  # (nb * width, V)
         V = log_probs.size(-1)
-        log_probs = _mask_specials(log_probs, (limits[sent] <= t).repeat_interleave(k))
-        candidates = (scores.view(-1, 1) + log_probs).view(nb, k * V)
-        top_scores, top_idx = candidates.topk(min(2 * k, k * V), dim=1)  # (nb, 2k), best first
-        top_beam, top_tok = top_idx // V, top_idx % V
+        if V < k:
+            raise ValueError(f"the beam size ({k}) exceeds the vocabulary ({V})")
+        log_probs = _mask_specials(log_probs, (limits[sent] <= t).repeat_interleave(width))
+        # the 2k best of a sentence's width x V candidates are among each beam's 2k best tokens:
+        # two small top-k's instead of one over width x V (half the time on a CPU)
+        beam_scores, beam_tok = log_probs.topk(min(2 * k, V), dim=1)  # (nb * width, c)
+        c = beam_scores.size(1)
+        candidates = (scores.view(-1, 1) + beam_scores).view(nb, width * c)
+        top_scores, top_idx = candidates.topk(min(2 * k, width * c), dim=1)  # (nb, 2k), best first
+        top_beam, top_tok = top_idx // c, beam_tok.view(nb, width * c).gather(1, top_idx)
         is_eos = top_tok == EOS
 
         # an EOS candidate among the k best finishes a hypothesis
         ended = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
+        n_finished[sent] += ended.sum(1)
+        best_ended[sent] |= ended[:, 0]
         for i, j in ended.nonzero().tolist():
             s = sent[i].item()
-            row = i * k + top_beam[i, j].item()
+            row = i * width + top_beam[i, j].item()
             raw = top_scores[i, j].item()
             hyp = Hypothesis(history[row, 1:].tolist(), raw / length_penalty(t + 1, length_penalty_alpha), raw)
             if attention is not None:
@@ -166,20 +184,23 @@ def beam_search(
 
         # the k best candidates that do not end continue
         scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (nb, k)
-        rows = (torch.arange(nb, device=device).unsqueeze(1) * k + top_beam.gather(1, pick)).view(-1)
+        rows = (torch.arange(nb, device=device).unsqueeze(1) * width + top_beam.gather(1, pick)).view(-1)
         history = torch.cat([history[rows], top_tok.gather(1, pick).view(-1, 1)], dim=1)
-        state = model.reorder(state, rows)
+        state = model.reorder(state, rows)  # (nb * k) rows from now on
         if attention is not None:
             attention = attention[rows]
+        width = k
         t += 1
 
-        done = torch.tensor([len(finished[s]) >= k for s in sent.tolist()], device=device)
+        done = n_finished[sent] >= k
+        if early_stop:
+            done |= best_ended[sent] & (n_finished[sent] >= n_best)
         done |= limits[sent] < t  # EOS was forced on the last step
         if done.any():
             keep = (~done).nonzero().squeeze(1)
             keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             sent, scores, history = sent[keep], scores[keep], history[keep_rows]
-            state, memory = model.reorder(state, keep_rows), model.reorder(memory, keep_rows)
+            state, memory = model.reorder(state, keep_rows), model.reorder(memory, keep)
             if attention is not None:
                 attention = attention[keep_rows]
 

@@ -256,6 +256,7 @@ class Translator:
             beam_size=c.beam_size,
             length_penalty_alpha=c.length_penalty,
             n_best=n_best,
+            early_stop=c.early_stop,
             need_attention=need_attention,
             **lengths,
         )
