@@ -16,7 +16,15 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from translate.attention import SCORES
 from translate.cli import CONF_DIR, _flatten, run_identity
-from translate.config import BenchRunConfig, Config, ConfigError, ModelConfig, register_configs, to_config
+from translate.config import (
+    BenchRunConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    dropout_for_budget,
+    register_configs,
+    to_config,
+)
 from translate.decoder import VARIANTS
 
 from .conftest import run_cli
@@ -95,6 +103,23 @@ def test_the_warm_up_default_follows_the_direction_unless_set():
     assert compose_config(["+train.warmup_by_direction.en-de=300"]).train.warmup_steps == 300
     with pytest.raises(ConfigError, match="warmup_by_direction"):
         compose_config(["+train.warmup_by_direction.ende=300"])
+
+
+def test_the_dropout_default_follows_the_time_budget():
+    by_budget = compose_config([]).train.dropout_by_budget
+    assert dropout_for_budget(by_budget, 35) == 0.2  # below every entry: the default
+    assert dropout_for_budget(by_budget, 45) == dropout_for_budget(by_budget, 60) == 0.3  # {"45": 0.3}
+    assert dropout_for_budget(by_budget, None) == 0.3  # no time limit: the longest budget's entry
+    longer = compose_config(["+train.dropout_by_budget.90=0.4", "train.dropout_by_budget.45=0.35"])
+    assert [dropout_for_budget(longer.train.dropout_by_budget, m) for m in (10, 60, 120)] == [0.2, 0.35, 0.4]
+    assert compose_config(["train.max_time=60"]).model.dropout is None  # decided by the train command, which
+    assert compose_config(["model.dropout=0.1"]).model.dropout == 0.1  # knows whether it resumes a run
+    with pytest.raises(ConfigError, match="dropout_by_budget"):
+        compose_config(["+train.dropout_by_budget.long=0.4"])
+    with pytest.raises(ConfigError, match="dropout_by_budget"):
+        compose_config(["train.dropout_by_budget.45=1.5"])
+    unresolved = ModelConfig()  # built directly, without a run: the default rate
+    assert unresolved.dropout is None and unresolved.dropout_rate == 0.2
 
 
 def test_overlays_change_what_they_pin():

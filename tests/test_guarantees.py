@@ -227,6 +227,36 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_naming_the_first(tm
     RunFolder.open(tmp_path / "shared", {}, overwrite=True).close()  # the killed holder left no lock
 
 
+@pytest.mark.slow
+def test_an_unset_dropout_comes_from_the_budget_and_a_resumed_run_keeps_its_own(tmp_path):
+    corpus = write_text_corpus(
+        tmp_path / "corpus",
+        {"train": reversal_pairs(300, 51), "val": reversal_pairs(20, 52), "test": reversal_pairs(20, 53)},
+    )
+    args = [*REVERSAL_OVERRIDES, f"data.path={corpus}", "model.dropout=null", "train.valid_every=5", "train.average=0"]
+    args.append("train.precision=fp32")  # no timed probe: this test is about the dropout
+
+    def train(*more: str) -> str:
+        result = run_cli("train", *args, *more, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        return result.stderr.decode()
+
+    def last(run: str) -> dict:
+        return load_checkpoint(tmp_path / run / "last.pt")
+
+    log = train("run_dir=short", "train.max_time=30", "train.max_steps=5")
+    assert "dropout 0.2 (train.dropout_by_budget for a 30-minute budget)" in log
+    assert last("short")["model_config"]["dropout"] == 0.2
+    log = train("run_dir=long", "train.max_time=60", "train.max_steps=5")
+    assert "dropout 0.3 (train.dropout_by_budget for a 60-minute budget)" in log
+    assert last("long")["model_config"]["dropout"] == 0.3
+    # opened again with a shorter budget (a key a resumption may change): the model is rebuilt with the
+    # run's own dropout, not the new budget's (the finished run then says it is complete)
+    log = train("run_dir=long", "train.max_time=30", "train.max_steps=10")
+    assert "resuming the run from step 5" in log and "dropout 0.3 (the resumed run's)" in log
+    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.3
+
+
 # ---- corpora that cannot train ----------------------------------------------------------------
 
 

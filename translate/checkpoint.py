@@ -191,6 +191,11 @@ class RunFolder:
         return None if self._last is None else int(self._last.get("step", 0))
 
     @property
+    def resume_model_config(self) -> dict[str, Any] | None:
+        """The model configuration of the last.pt this run resumes from; None for a new run."""
+        return None if self._last is None else self._last.get("model_config")
+
+    @property
     def last(self) -> Path:
         return self.path / "last.pt"
 

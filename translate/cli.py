@@ -20,7 +20,15 @@ from typing import Any
 import torch
 
 from translate.alignment import METHODS as ALIGNMENT_METHODS
-from translate.config import Config, ConfigError, DecodeConfig, register_configs, to_config
+from translate.config import (
+    Config,
+    ConfigError,
+    DecodeConfig,
+    ModelConfig,
+    dropout_for_budget,
+    register_configs,
+    to_config,
+)
 from translate.runlog import RunRecord
 
 log = logging.getLogger("translate")
@@ -113,7 +121,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
             if group.is_main:
                 sync()
-            model = Seq2Seq(cfg.model, tokenizer.vocab_size).to(device)
+            model_cfg, dropout_from = _model_config(cfg, run.resume_model_config)
+            model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
             threads = _threads(cfg, model, device, group.world_size, probe)
             # process 0 times the precisions (train.precision=auto); the others then read its figures
@@ -123,8 +132,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
-            _log_setup(cfg, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, learner=learner,
-                       processes=group.world_size, threads=threads)  # fmt: skip
+            sizes = dict(model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, threads=threads)
+            _log_setup(cfg, model_cfg, dropout_from, learner=learner, processes=group.world_size, **sizes)
             if record is not None and group.is_main:
                 record.keep(cfg.run_dir)
             progress = fit(learner, tokenizer, pairs, valid, cfg=cfg.train, run=run, group=group)
@@ -162,13 +171,37 @@ def _threads(cfg: Config, model, device: torch.device, processes: int, probe: di
     return use_threads(cfg.train.threads, model, **probe)
 
 
-def _log_setup(cfg: Config, *, model_parameters: int, vocab: int, learner, processes: int, threads: str) -> None:
-    """The first lines of a run: model, hardware and precision, budget."""
-    m, t = cfg.model, cfg.train
+def _model_config(cfg: Config, resumed: dict[str, Any] | None) -> tuple[ModelConfig, str]:
+    """cfg.model with its dropout decided, and why: as set; else the resumed run's own (a
+    longer budget on resumption changes nothing); else train.dropout_by_budget's."""
+    if cfg.model.dropout is not None:
+        return cfg.model, "model.dropout"
+    if resumed is not None and resumed.get("dropout") is not None:
+        return replace(cfg.model, dropout=resumed["dropout"]), "the resumed run's"
+    t = cfg.train
+    dropout = dropout_for_budget(t.dropout_by_budget, t.max_time)
+    budget = f"a {t.max_time:g}-minute budget" if t.max_time else "no time limit"
+    return replace(cfg.model, dropout=dropout), f"train.dropout_by_budget for {budget}"
+
+
+def _log_setup(
+    cfg: Config,
+    m: ModelConfig,
+    dropout_from: str,
+    *,
+    model_parameters: int,
+    vocab: int,
+    learner,
+    processes: int,
+    threads: str,
+) -> None:
+    """The first lines of a run: model (`m`, its dropout decided), hardware and precision, budget."""
+    t = cfg.train
     log.info(
-        "model: %s decoder, %s attention%s, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d",
+        "model: %s decoder, %s attention%s, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d, "
+        "dropout %g (%s)",
         m.decoder, m.attention, " and encoder self-attention" if m.encoder_self_attention else "", model_parameters,
-        m.emb_dim, m.enc_hidden, m.dec_hidden, vocab,
+        m.emb_dim, m.enc_hidden, m.dec_hidden, vocab, m.dropout_rate, dropout_from,
     )  # fmt: skip
     from translate.precision import cpu_features, cpu_name
 

@@ -54,9 +54,11 @@ class _Checked:
         if value is None or not (value > low and math.isfinite(value)):
             self._fail(name, f"must be a number > {low}" + (" (or null: no limit)" if optional else ""))
 
-    def _fraction(self, name: str, *, closed: bool) -> None:
+    def _fraction(self, name: str, *, closed: bool, optional: bool = False) -> None:
         value = getattr(self, name)
-        if not (0 <= value <= 1 if closed else 0 <= value < 1):
+        if value is None and optional:
+            return
+        if value is None or not (0 <= value <= 1 if closed else 0 <= value < 1):
             self._fail(name, f"must lie in [0, 1{']' if closed else ')'}")
 
 
@@ -100,6 +102,26 @@ class DataConfig(_Checked):
             self._fail("tgt_lang", f"must differ from data.src_lang={self.src_lang!r}")
 
 
+DEFAULT_DROPOUT = 0.2  # where model.dropout is unset and train.dropout_by_budget names no budget that fits
+
+
+def budget_minutes(key: str) -> float | None:
+    """A train.dropout_by_budget key ("45": a budget of 45 minutes or more) as minutes; None if it is not one."""
+    try:
+        minutes = float(key)
+    except (TypeError, ValueError):
+        return None
+    return minutes if math.isfinite(minutes) and minutes >= 0 else None
+
+
+def dropout_for_budget(by_budget: dict[str, float], max_time: float | None) -> float:
+    """The dropout of a run of `max_time` minutes: the entry of the longest budget that fits
+    (<= max_time; with no time limit, the longest of all), else DEFAULT_DROPOUT."""
+    entries = [(minutes, p) for key, p in by_budget.items() if (minutes := budget_minutes(key)) is not None]
+    fitting = [(minutes, p) for minutes, p in entries if max_time is None or minutes <= max_time]
+    return max(fitting)[1] if fitting else DEFAULT_DROPOUT
+
+
 @dataclass
 class ModelConfig(_Checked):
     """Attention GRU encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
@@ -116,7 +138,7 @@ class ModelConfig(_Checked):
     attn_dim: int = 512  # hidden size of additive / scaled / multi-head / cosine scoring
     heads: int = 4  # multihead attention, and the encoder's self-attention
     encoder_self_attention: bool = False  # one multi-head self-attention layer over the bi-GRU annotations
-    dropout: float = 0.2
+    dropout: float | None = None  # null: train.dropout_by_budget picks it from the time budget (train command)
     tie_output: bool = True  # target embedding shared with the output layer
     share_embeddings: bool = True  # source and target embeddings shared (joint vocabulary)
 
@@ -126,13 +148,18 @@ class ModelConfig(_Checked):
 
         for name in ("emb_dim", "enc_hidden", "dec_hidden", "enc_layers", "dec_layers", "attn_dim", "heads"):
             self._at_least(name, 1)
-        self._fraction("dropout", closed=False)
+        self._fraction("dropout", closed=False, optional=True)
         self._choice("decoder", VARIANTS)
         self._choice("attention", tuple(SCORES))
         sizes = dict(query_dim=self.dec_hidden, key_dim=2 * self.enc_hidden, attn_dim=self.attn_dim, heads=self.heads)
         check_dims(self.attention, **sizes)
         if self.encoder_self_attention and (2 * self.enc_hidden) % self.heads:
             self._fail("heads", f"must divide the annotation size 2 x model.enc_hidden = {2 * self.enc_hidden}")
+
+    @property
+    def dropout_rate(self) -> float:
+        """model.dropout as set or resolved from the time budget (the train command), else the default."""
+        return DEFAULT_DROPOUT if self.dropout is None else self.dropout
 
 
 DEFAULT_WARMUP = 100  # steps of linear warm-up, where train.warmup_by_direction names no other
@@ -151,6 +178,10 @@ class TrainConfig(_Checked):
     warmup_steps: int | None = None  # null: warmup_by_direction's entry for the run's direction, else 100
     # measured per direction on Multi30k (README, Results): de-en learned slowly after a 100-step warm-up
     warmup_by_direction: dict[str, int] = field(default_factory=lambda: {"de-en": 400})
+    # model.dropout unset: the entry of the longest budget (minutes) <= max_time, or with no time limit the
+    # longest; below every entry 0.2. Measured on Multi30k (README, Results): 0.2 overfits in 60 minutes,
+    # 0.3 is too much in 35
+    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.3})
     schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
     min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
     plateau_factor: float = 0.5
@@ -193,6 +224,9 @@ class TrainConfig(_Checked):
         for direction, steps in self.warmup_by_direction.items():
             if not re.fullmatch(r"[^-\s]+-[^-\s]+", direction) or not isinstance(steps, int) or steps < 0:
                 self._fail("warmup_by_direction", "entries SRC-TGT: steps >= 0, e.g. {de-en: 400}")
+        for minutes, p in self.dropout_by_budget.items():
+            if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
+                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.3}")
         for name in ("adam_beta1", "adam_beta2", "label_smoothing"):
             self._fraction(name, closed=False)
         self._fraction("min_lr_ratio", closed=True)
@@ -307,7 +341,9 @@ def to_config(dcfg) -> Config:
 
     Hydra rejects a misspelled key on its own; a key added with ``+key=value`` would
     otherwise be dropped without a word. Choices and ranges are checked by the
-    dataclasses' ``__post_init__`` as the objects are built.
+    dataclasses' ``__post_init__`` as the objects are built. An unset warm-up is resolved
+    here from the direction; an unset dropout stays null until the train command knows the
+    run (a resumed run keeps its own, :func:`translate.cli.train`).
     """
     from dataclasses import fields, is_dataclass
 

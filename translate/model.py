@@ -44,7 +44,7 @@ class Seq2Seq(nn.Module):
             src_embed,
             hidden=cfg.enc_hidden,
             layers=cfg.enc_layers,
-            dropout=cfg.dropout,
+            dropout=cfg.dropout_rate,
             self_attention=cfg.encoder_self_attention,
             heads=cfg.heads,
         )
@@ -62,7 +62,7 @@ class Seq2Seq(nn.Module):
             enc_dim=self.encoder.out_dim,
             hidden=cfg.dec_hidden,
             layers=cfg.dec_layers,
-            dropout=cfg.dropout,
+            dropout=cfg.dropout_rate,
             tie_output=cfg.tie_output,
         )
         self._init_weights()
