@@ -132,8 +132,10 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
-            sizes = dict(model_parameters=count_parameters(model), vocab=tokenizer.vocab_size, threads=threads)
-            _log_setup(cfg, model_cfg, dropout_from, learner=learner, processes=group.world_size, **sizes)
+            _log_setup(
+                cfg, model_cfg, dropout_from, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size,
+                learner=learner, processes=group.world_size, threads=threads,
+            )  # fmt: skip
             if record is not None and group.is_main:
                 record.keep(cfg.run_dir)
             progress = fit(learner, tokenizer, pairs, valid, cfg=cfg.train, run=run, group=group)
