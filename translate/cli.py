@@ -89,6 +89,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     from translate.model import Seq2Seq, count_parameters
     from translate.precision import choose_precision, probe_cache
     from translate.prepared import prepare as prepare_pairs
+    from translate.subword import with_bpe_dropout
     from translate.training import Interrupted, fit
 
     group, device = distributed.init(setup_torch(cfg))
@@ -121,6 +122,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
             if group.is_main:
                 sync()
+            pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, seed=cfg.train.seed + group.rank)
             model_cfg, dropout_from = _model_config(cfg, run.resume_model_config)
             model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
@@ -224,11 +226,12 @@ def _log_setup(
     )
     budget = [f"{t.max_time:g} minutes" if t.max_time else "", f"{t.max_steps} steps" if t.max_steps else ""]
     log.info(
-        "budget: %s, at most %d epochs; batches of %d target tokens, lr %g after %d warm-up steps; "
+        "budget: %s, at most %d epochs; batches of %d target tokens%s, lr %g after %d warm-up steps; "
         "validation every %d steps; early stopping after %s",
         " or ".join(b for b in budget if b) or "no time or step limit",
         t.max_epochs,
         t.batch_tokens,
+        f" segmented anew with BPE-dropout {t.bpe_dropout:g}" if t.bpe_dropout else "",
         t.lr,
         t.warmup,
         t.valid_every,

@@ -191,6 +191,7 @@ class TrainConfig(_Checked):
     clip_norm: float = 1.0  # 0 = no clipping
     max_nonfinite: int = 10  # consecutive NaN/inf losses (updates skipped) before training stops
     label_smoothing: float = 0.1
+    bpe_dropout: float = 0.0  # each SentencePiece merge of a training batch skipped with this probability; 0 = off
     valid_every: int = 250  # steps between validations
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy); validation never uses decode.*
     valid_batch_size: int = 64  # sentences per validation decoding batch
@@ -226,7 +227,7 @@ class TrainConfig(_Checked):
         for minutes, p in self.dropout_by_budget.items():
             if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
                 self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.3}")
-        for name in ("adam_beta1", "adam_beta2", "label_smoothing"):
+        for name in ("adam_beta1", "adam_beta2", "label_smoothing", "bpe_dropout"):
             self._fraction(name, closed=False)
         self._fraction("min_lr_ratio", closed=True)
         if not 0 < self.plateau_factor <= 1:
@@ -277,6 +278,11 @@ class Config:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device={self.device!r} is not allowed: choose auto, cpu, cuda or cuda:N")
+        if self.train.bpe_dropout and self.data.spm_model_type != "bpe":
+            raise ConfigError(
+                f"train.bpe_dropout={self.train.bpe_dropout} needs data.spm_model_type=bpe, "
+                f"not {self.data.spm_model_type!r}: set train.bpe_dropout=0 or use a BPE model"
+            )
 
 
 @dataclass
