@@ -1,4 +1,4 @@
-"""BPE-dropout: training batches segmented anew, their text and every pair kept."""
+"""BPE-dropout: each epoch segmented anew, every sentence and the token budget kept."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import REVERSAL_OVERRIDES, reversal_pairs, run_cli, write_text_corpus
 from translate.batching import Examples
@@ -32,46 +33,58 @@ def rows(ids, lengths):
     return [row[:n] for row, n in zip(ids.tolist(), lengths.tolist())]
 
 
-def test_bpe_dropout_resegments_each_batch_and_keeps_its_text(split):
+def epoch(sampled: BpeDropout, seed: int, batch_tokens: int = 200) -> list[np.ndarray]:
+    return sampled.batches(batch_tokens=batch_tokens, generator=torch.Generator().manual_seed(seed))
+
+
+def test_each_epoch_is_segmented_anew_keeping_every_sentence_and_the_token_budget(split):
     tokenizer, examples, src, tgt = split
-    sampled = BpeDropout(examples, tokenizer, 0.3, seed=5)
-    index = np.arange(0, 200, 7)
-    fixed = examples.batch(index)
-    changed = 0
-    for _ in range(3):
-        batch = sampled.batch(index)
-        src_ids = rows(batch.src, batch.src_lengths - 1)
-        tgt_lengths = (batch.tgt_out != PAD).sum(1) - 1
-        tgt_ids = rows(batch.tgt_out, tgt_lengths)
-        # the same sentences, in the same order: only the segmentation may change
-        assert tokenizer.decode(src_ids) == [src[i] for i in index]
-        assert tokenizer.decode(tgt_ids) == [tgt[i] for i in index]
-        # well-formed: EOS ends the source and the output side, BOS starts the input side
-        assert batch.src[np.arange(len(index)), batch.src_lengths - 1].eq(EOS).all()
-        assert batch.tgt_out[np.arange(len(index)), tgt_lengths].eq(EOS).all()
-        assert batch.tgt_in[:, 0].eq(BOS).all() and rows(batch.tgt_in[:, 1:], tgt_lengths) == tgt_ids
-        # dropping merges never joins pieces: each sentence has at least its fixed count
-        assert (batch.src_lengths >= fixed.src_lengths).all()
-        changed += int(batch.src_lengths.sum() > fixed.src_lengths.sum())
-        changed += int(batch.tgt_out.ne(PAD).sum() > fixed.tgt_out.ne(PAD).sum())
-    assert changed >= 4, "p=0.3 left nearly every batch as the fixed segmentation"
-    # batching and lengths are the split's own
-    assert [b.tolist() for b in sampled.batches(batch_tokens=200)] == [
-        b.tolist() for b in examples.batches(batch_tokens=200)
-    ]
-    assert len(sampled) == len(examples)
+    sampled = BpeDropout(examples, tokenizer, 0.3)
+    with pytest.raises(RuntimeError, match="before batches"):
+        sampled.batch(np.arange(3))
+    fixed_src, fixed_tgt = examples.lengths()
+    seen = []
+    for seed in (1, 2):
+        order = epoch(sampled, seed)
+        # every pair once per epoch
+        assert sorted(np.concatenate(order).tolist()) == list(range(len(examples)))
+        src_lengths = np.zeros(len(examples), dtype=np.int64)
+        tgt_lengths = np.zeros(len(examples), dtype=np.int64)
+        for index in order:
+            batch = sampled.batch(index)
+            n_tgt = (batch.tgt_out != PAD).sum(1) - 1
+            src_ids, tgt_ids = rows(batch.src, batch.src_lengths - 1), rows(batch.tgt_out, n_tgt)
+            # the same sentences: only the segmentation may change
+            assert tokenizer.decode(src_ids) == [src[i] for i in index]
+            assert tokenizer.decode(tgt_ids) == [tgt[i] for i in index]
+            # well-formed: EOS ends the source and the output side, BOS y is the input side
+            assert batch.src[np.arange(len(index)), batch.src_lengths - 1].eq(EOS).all()
+            assert batch.tgt_out[np.arange(len(index)), n_tgt].eq(EOS).all()
+            assert batch.tgt_in[:, 0].eq(BOS).all() and rows(batch.tgt_in[:, 1:], n_tgt) == tgt_ids
+            # cut by the sampled lengths: the padded batch keeps to the budget (one long pair alone may not)
+            assert len(index) == 1 or max(batch.src.shape[1], batch.tgt_out.shape[1]) * len(index) <= 200
+            src_lengths[index], tgt_lengths[index] = batch.src_lengths.numpy() - 1, n_tgt.numpy()
+        # dropping merges never joins pieces, and at p=0.3 it splits many
+        assert (src_lengths >= fixed_src).all() and (tgt_lengths >= fixed_tgt).all()
+        assert src_lengths.sum() > 1.1 * fixed_src.sum() and tgt_lengths.sum() > 1.1 * fixed_tgt.sum()
+        seen.append((src_lengths, [b.tolist() for b in order]))
+    assert not np.array_equal(seen[0][0], seen[1][0]), "two epochs were segmented alike"
+    # the same seed gives the same epoch: a resumed run sees the batches it would have seen
+    again = BpeDropout(examples, tokenizer, 0.3)
+    assert [b.tolist() for b in epoch(again, 1)] == [b.tolist() for b in epoch(sampled, 1)] != seen[1][1]
+    assert all(np.array_equal(again.batch(b).src, sampled.batch(b).src) for b in epoch(again, 1))
 
 
 def test_a_sentence_with_unknown_pieces_keeps_its_segmentation(split):
     tokenizer, _, _, _ = split
-    sampled = BpeDropout(Examples([[UNK, 5, 6]], [[7]]), tokenizer, 0.9, seed=1)
+    sampled = BpeDropout(Examples([[UNK, 5, 6]], [[7]]), tokenizer, 0.9)
     assert sampled.resegment([[UNK, 5, 6]]) == [[UNK, 5, 6]]
 
 
 def test_bpe_dropout_zero_is_the_split_itself_and_bad_values_are_refused(split):
     tokenizer, examples, _, _ = split
-    assert with_bpe_dropout(examples, tokenizer, 0.0, seed=1) is examples
-    assert isinstance(with_bpe_dropout(examples, tokenizer, 0.1, seed=1), BpeDropout)
+    assert with_bpe_dropout(examples, tokenizer, 0.0) is examples
+    assert isinstance(with_bpe_dropout(examples, tokenizer, 0.1), BpeDropout)
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="train.bpe_dropout"):
             TrainConfig(bpe_dropout=bad)

@@ -122,7 +122,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
             if group.is_main:
                 sync()
-            pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, seed=cfg.train.seed + group.rank)
+            pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout)
             model_cfg, dropout_from = _model_config(cfg, run.resume_model_config)
             model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
