@@ -122,7 +122,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
             if group.is_main:
                 sync()
-            pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout)
+            pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, target=cfg.train.bpe_dropout_target)
             model_cfg, dropout_from = _model_config(cfg, run.resume_model_config)
             model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
@@ -231,7 +231,9 @@ def _log_setup(
         " or ".join(b for b in budget if b) or "no time or step limit",
         t.max_epochs,
         t.batch_tokens,
-        f" segmented anew with BPE-dropout {t.bpe_dropout:g}" if t.bpe_dropout else "",
+        f" segmented anew with BPE-dropout {t.bpe_dropout:g}{'' if t.bpe_dropout_target else ' (source side)'}"
+        if t.bpe_dropout
+        else "",
         t.lr,
         t.warmup,
         t.valid_every,

@@ -191,7 +191,8 @@ class TrainConfig(_Checked):
     clip_norm: float = 1.0  # 0 = no clipping
     max_nonfinite: int = 10  # consecutive NaN/inf losses (updates skipped) before training stops
     label_smoothing: float = 0.1
-    bpe_dropout: float = 0.0  # each SentencePiece merge of a training batch skipped with this probability; 0 = off
+    bpe_dropout: float = 0.0  # each SentencePiece merge of a training sentence skipped with this probability; 0 = off
+    bpe_dropout_target: bool = True  # false: BPE-dropout on the source side only
     valid_every: int = 250  # steps between validations
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy); validation never uses decode.*
     valid_batch_size: int = 64  # sentences per validation decoding batch

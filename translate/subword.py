@@ -4,7 +4,8 @@ The prepared split holds one segmentation per sentence, the deterministic one th
 decoding also uses. With ``train.bpe_dropout=p`` each epoch starts by segmenting every
 training sentence again with SentencePiece, each merge skipped with probability p, so the
 model sees a word in many splits and learns how its pieces compose: a regularizer for
-small corpora. Validation and decoding never sample.
+small corpora. ``train.bpe_dropout_target=false`` samples the source side only. Validation
+and decoding never sample.
 
 The epoch's batches are cut from the sampled lengths, so ``train.batch_tokens`` and the
 padding stay what they are without sampling (sentences are longer: about 1.2x subwords at
@@ -28,10 +29,10 @@ CHUNK = 10_000  # pairs segmented at a time
 class BpeDropout:
     """A training split (:class:`translate.batching.Examples` or prepared) segmented by sampling, per epoch."""
 
-    def __init__(self, pairs, tokenizer: Tokenizer, p: float) -> None:
+    def __init__(self, pairs, tokenizer: Tokenizer, p: float, *, target: bool = True) -> None:
         if not 0 < p < 1:
             raise ValueError(f"BPE-dropout probability {p} is not in (0, 1)")
-        self.pairs, self.tokenizer, self.p = pairs, tokenizer, p
+        self.pairs, self.tokenizer, self.p, self.target = pairs, tokenizer, p, target
         self.dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
         self.sides: list[_Side] = []  # this epoch's source and target, once batches() has sampled them
 
@@ -63,8 +64,8 @@ class BpeDropout:
             fixed = self.pairs.batch(np.arange(start, min(start + CHUNK, len(self.pairs))))
             src = _ids(fixed.src, fixed.src_lengths - 1)  # without the EOS
             tgt = _ids(fixed.tgt_out, (fixed.tgt_out != PAD).sum(1) - 1)
-            for part, seqs in zip(parts, (src, tgt)):
-                part.append(self.resegment(seqs))
+            parts[0].append(self.resegment(src))
+            parts[1].append(self.resegment(tgt) if self.target else tgt)
         self.sides = [_Side.of([seq for chunk in part for seq in chunk], self.dtype) for part in parts]
 
     def resegment(self, seqs: list[list[int]]) -> list[list[int]]:
@@ -96,6 +97,7 @@ def _ids(rows: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     return [row[:n] for row, n in zip(rows.tolist(), lengths.tolist())]
 
 
-def with_bpe_dropout(pairs, tokenizer: Tokenizer, p: float):
-    """`pairs` itself when p is 0, else the same split segmented by sampling every epoch."""
-    return BpeDropout(pairs, tokenizer, p) if p else pairs
+def with_bpe_dropout(pairs, tokenizer: Tokenizer, p: float, *, target: bool = True):
+    """`pairs` itself when p is 0, else the same split segmented by sampling every epoch
+    (the source side only when `target` is false)."""
+    return BpeDropout(pairs, tokenizer, p, target=target) if p else pairs
