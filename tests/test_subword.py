@@ -110,12 +110,15 @@ def test_training_with_bpe_dropout_through_the_command_line(tmp_path):
 def test_source_only_bpe_dropout_keeps_the_target_segmentation(split):
     tokenizer, examples, _, _ = split
     sampled = BpeDropout(examples, tokenizer, 0.3, target=False)
-    order = epoch(sampled, 3)
-    src_lengths, tgt_lengths = np.zeros(len(examples), dtype=np.int64), np.zeros(len(examples), dtype=np.int64)
-    for index in order:
-        batch, fixed = sampled.batch(index), examples.batch(index)
-        n_tgt = (batch.tgt_out != PAD).sum(1)
-        assert rows(batch.tgt_out, n_tgt) == rows(fixed.tgt_out, n_tgt)  # the target as prepared
-        src_lengths[index], tgt_lengths[index] = batch.src_lengths.numpy() - 1, n_tgt.numpy() - 1
     fixed_src, fixed_tgt = examples.lengths()
-    assert np.array_equal(tgt_lengths, fixed_tgt) and src_lengths.sum() > 1.1 * fixed_src.sum()
+    seen = []
+    for seed in (3, 4):  # the second epoch reuses the target side the first one read
+        src_lengths, tgt_lengths = np.zeros(len(examples), dtype=np.int64), np.zeros(len(examples), dtype=np.int64)
+        for index in epoch(sampled, seed):
+            batch, fixed = sampled.batch(index), examples.batch(index)
+            n_tgt = (batch.tgt_out != PAD).sum(1)
+            assert rows(batch.tgt_out, n_tgt) == rows(fixed.tgt_out, n_tgt)  # the target as prepared
+            src_lengths[index], tgt_lengths[index] = batch.src_lengths.numpy() - 1, n_tgt.numpy() - 1
+        assert np.array_equal(tgt_lengths, fixed_tgt) and src_lengths.sum() > 1.1 * fixed_src.sum()
+        seen.append(src_lengths)
+    assert not np.array_equal(*seen), "the source was not segmented anew in the second epoch"

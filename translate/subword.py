@@ -36,12 +36,6 @@ class BpeDropout:
         self.dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
         self.sides: list[_Side] = []  # this epoch's source and target, once batches() has sampled them
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.pairs.lengths()
-
     def batches(self, *, batch_tokens: int, generator: torch.Generator | None = None) -> list[np.ndarray]:
         """Segment the split anew (seeded by `generator`'s seed) and cut it into token-budget batches."""
         self.sample(seed=generator.initial_seed() if generator is not None else 0)
@@ -59,14 +53,15 @@ class BpeDropout:
     def sample(self, *, seed: int) -> None:
         """This epoch's segmentation of every pair, the same for the same seed."""
         spm.set_random_generator_seed(seed % (1 << 32))  # SentencePiece's sampler has one process-wide generator
-        parts: tuple[list, list] = ([], [])
+        kept = None if self.target or not self.sides else self.sides[1]  # a fixed target is read once
+        src, tgt = [], []
         for start in range(0, len(self.pairs), CHUNK):
             fixed = self.pairs.batch(np.arange(start, min(start + CHUNK, len(self.pairs))))
-            src = _ids(fixed.src, fixed.src_lengths - 1)  # without the EOS
-            tgt = _ids(fixed.tgt_out, (fixed.tgt_out != PAD).sum(1) - 1)
-            parts[0].append(self.resegment(src))
-            parts[1].append(self.resegment(tgt) if self.target else tgt)
-        self.sides = [_Side.of([seq for chunk in part for seq in chunk], self.dtype) for part in parts]
+            src += self.resegment(_ids(fixed.src, fixed.src_lengths - 1))  # without the EOS
+            if kept is None:
+                ids = _ids(fixed.tgt_out, (fixed.tgt_out != PAD).sum(1) - 1)
+                tgt += self.resegment(ids) if self.target else ids
+        self.sides = [_Side.of(src, self.dtype), kept or _Side.of(tgt, self.dtype)]
 
     def resegment(self, seqs: list[list[int]]) -> list[list[int]]:
         """Each id sequence as text, segmented again with merges dropped (one thread, so that
