@@ -21,6 +21,7 @@ from translate.config import (
     Config,
     ConfigError,
     ModelConfig,
+    TrainConfig,
     dropout_for_budget,
     register_configs,
     to_config,
@@ -91,7 +92,8 @@ def test_defaults_are_the_documented_pipeline():
     assert cfg.run_dir == "runs/multi30k.en-de"
     assert cfg.decode.beam_size == 5 and cfg.device == "auto"
     default = Config(run_dir="runs/multi30k.en-de")
-    resolved = replace(default, train=replace(default.train, warmup_steps=default.train.warmup))  # from the direction
+    from_direction = replace(default.train, warmup_steps=default.train.warmup, lr=default.train.peak_lr)
+    resolved = replace(default, train=from_direction)
     assert cfg == resolved  # the YAML adds nothing to the dataclass defaults
 
 
@@ -103,6 +105,22 @@ def test_the_warm_up_default_follows_the_direction_unless_set():
     assert compose_config(["+train.warmup_by_direction.en-de=300"]).train.warmup_steps == 300
     with pytest.raises(ConfigError, match="warmup_by_direction"):
         compose_config(["+train.warmup_by_direction.ende=300"])
+
+
+def test_the_learning_rate_default_follows_the_direction_unless_set():
+    de_en = ["data.src_lang=de", "data.tgt_lang=en"]
+    assert compose_config([]).train.lr == 2e-3 == TrainConfig().peak_lr  # en-de: no entry, the default
+    assert compose_config(de_en).train.lr == 3e-3  # train.lr_by_direction
+    assert compose_config([*de_en, "train.lr=0.001"]).train.lr == 1e-3  # asked for: kept
+    assert compose_config(["+train.lr_by_direction.en-de=0.004"]).train.lr == 4e-3
+    assert compose_config(["experiment=multi30k_de_en"]).train.lr == 3e-3  # the preset gets it from its direction
+    for bad in (
+        "+train.lr_by_direction.ende=0.003",
+        "train.lr_by_direction.de-en=0",
+        "train.lr_by_direction.de-en=nan",
+    ):
+        with pytest.raises(ConfigError, match="lr_by_direction"):
+            compose_config([bad])
 
 
 def test_the_dropout_default_follows_the_time_budget():
@@ -125,7 +143,10 @@ def test_the_dropout_default_follows_the_time_budget():
 def test_overlays_change_what_they_pin():
     cfg = compose_config(["experiment=multi30k_de_en"])
     assert (cfg.data.src_lang, cfg.data.tgt_lang, cfg.train.max_time) == ("de", "en", 35)
-    assert cfg.train.warmup_steps == 400 and cfg.train.lr == compose_config([]).train.lr
+    assert (
+        cfg.train.warmup_steps == 400
+        and cfg.train.lr == compose_config(["data.src_lang=de", "data.tgt_lang=en"]).train.lr
+    )
     assert cfg.run_dir == "runs/multi30k.de-en"
     tiny = compose_config(["debug=tiny"])
     assert tiny.model.enc_hidden < Config().model.enc_hidden and tiny.train.max_steps is not None

@@ -234,7 +234,7 @@ def _log_setup(
         f" segmented anew with BPE-dropout {t.bpe_dropout:g}{'' if t.bpe_dropout_target else ' (source side)'}"
         if t.bpe_dropout
         else "",
-        t.lr,
+        t.peak_lr,
         t.warmup,
         t.valid_every,
         f"{t.patience} validations without a gain" if t.patience else "never",

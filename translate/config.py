@@ -105,6 +105,11 @@ class DataConfig(_Checked):
 DEFAULT_DROPOUT = 0.2  # where model.dropout is unset and train.dropout_by_budget names no budget that fits
 
 
+def is_direction(key: str) -> bool:
+    """A key of the per-direction tables: SRC-TGT, e.g. de-en."""
+    return isinstance(key, str) and re.fullmatch(r"[^-\s]+-[^-\s]+", key) is not None
+
+
 def budget_minutes(key: str) -> float | None:
     """A train.dropout_by_budget key ("45": a budget of 45 minutes or more) as minutes; None if it is not one."""
     try:
@@ -163,6 +168,7 @@ class ModelConfig(_Checked):
 
 
 DEFAULT_WARMUP = 100  # steps of linear warm-up, where train.warmup_by_direction names no other
+DEFAULT_LR = 2e-3  # peak learning rate, where train.lr_by_direction names no other
 
 
 @dataclass
@@ -174,7 +180,10 @@ class TrainConfig(_Checked):
     max_time: float | None = None  # wall-clock budget in minutes (validation included); null = none
     max_steps: int | None = None  # null = none
     max_epochs: int = 100
-    lr: float = 2e-3
+    lr: float | None = None  # peak; null: lr_by_direction's entry for the run's direction, else 2e-3
+    # measured per direction on Multi30k (README, Results: "Learning rate"): de-en 3e-3 beat 2e-3; en-de at
+    # 3e-3 (with its 100-step warm-up) fell far behind
+    lr_by_direction: dict[str, float] = field(default_factory=lambda: {"de-en": 3e-3})
     warmup_steps: int | None = None  # null: warmup_by_direction's entry for the run's direction, else 100
     # measured per direction on Multi30k (README, Results): de-en learned slowly after a 100-step warm-up
     warmup_by_direction: dict[str, int] = field(default_factory=lambda: {"de-en": 400})
@@ -208,6 +217,11 @@ class TrainConfig(_Checked):
         """Warm-up steps: warmup_steps as set or resolved from the direction (to_config), else the default."""
         return DEFAULT_WARMUP if self.warmup_steps is None else self.warmup_steps
 
+    @property
+    def peak_lr(self) -> float:
+        """The peak learning rate: lr as set or resolved from the direction (to_config), else the default."""
+        return DEFAULT_LR if self.lr is None else self.lr
+
     def __post_init__(self) -> None:
         self._choice("schedule", SCHEDULES)
         self._choice("precision", PRECISIONS)
@@ -218,13 +232,18 @@ class TrainConfig(_Checked):
         self._at_least("max_steps", 1, optional=True)
         self._at_least("threads", 1, optional=True)
         self._at_least("valid_sentences", 1, optional=True)
-        self._above("lr", 0)
+        if self.lr is not None:
+            self._above("lr", 0)
         self._at_least("warmup_steps", 0, optional=True)
         for name in ("weight_decay", "clip_norm", "patience", "average"):
             self._at_least(name, 0)
         for direction, steps in self.warmup_by_direction.items():
-            if not re.fullmatch(r"[^-\s]+-[^-\s]+", direction) or not isinstance(steps, int) or steps < 0:
+            if not is_direction(direction) or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
                 self._fail("warmup_by_direction", "entries SRC-TGT: steps >= 0, e.g. {de-en: 400}")
+        for direction, lr in self.lr_by_direction.items():
+            good = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)
+            if not (is_direction(direction) and good):
+                self._fail("lr_by_direction", "entries SRC-TGT: learning rate > 0, e.g. {de-en: 0.003}")
         for minutes, p in self.dropout_by_budget.items():
             if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
                 self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.3}")
@@ -347,8 +366,8 @@ def to_config(dcfg) -> Config:
 
     Hydra rejects a misspelled key on its own; a key added with ``+key=value`` would
     otherwise be dropped without a word. Choices and ranges are checked by the
-    dataclasses' ``__post_init__`` as the objects are built. An unset warm-up is resolved
-    here from the direction; an unset dropout stays null until the train command knows the
+    dataclasses' ``__post_init__`` as the objects are built. An unset warm-up and learning
+    rate are resolved here from the direction; an unset dropout stays null until the train command knows the
     run (a resumed run keeps its own, :func:`translate.cli.train`).
     """
     from dataclasses import fields, is_dataclass
@@ -364,9 +383,11 @@ def to_config(dcfg) -> Config:
             if isinstance(value, dict) and is_dataclass(default):
                 check(value, type(default), f"{where}{key}.")
 
-    if dcfg.train.warmup_steps is None:  # the per-direction default
-        direction = f"{dcfg.data.src_lang}-{dcfg.data.tgt_lang}"
+    direction = f"{dcfg.data.src_lang}-{dcfg.data.tgt_lang}"  # the per-direction defaults
+    if dcfg.train.warmup_steps is None:
         dcfg.train.warmup_steps = dcfg.train.warmup_by_direction.get(direction, DEFAULT_WARMUP)
+    if dcfg.train.lr is None:
+        dcfg.train.lr = dcfg.train.lr_by_direction.get(direction, DEFAULT_LR)
     plain = OmegaConf.to_container(dcfg, resolve=False)
     plain.pop("hydra", None)
     check(plain, OmegaConf.get_type(dcfg) or Config, "")

@@ -49,7 +49,7 @@ class Learner:
         self.model, self.cfg, self.device = model, cfg, device
         self.net = wrap(model, group)  # model.features, under DDP when distributed
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+            model.parameters(), lr=cfg.peak_lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
         # `precision` as chosen already (the command line does, before any collective), or chosen here
         choice = precision or choose_precision(cfg.precision, device, model, batch_tokens=cfg.batch_tokens)

@@ -31,7 +31,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1
         decay = math.sqrt(max(1, cfg.warmup) / max(step, cfg.warmup, 1))
     else:  # constant, plateau (TrainConfig allows no other)
         decay = plateau_scale
-    return cfg.lr * warm * decay
+    return cfg.peak_lr * warm * decay
 
 
 def budget_fraction(cfg: TrainConfig, step: int, elapsed_s: float) -> float:

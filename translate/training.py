@@ -273,7 +273,7 @@ def _skip(learner: Learner, p: Progress, result: StepResult, cfg: TrainConfig) -
     if p.skipped_in_row >= cfg.max_nonfinite:
         raise TrainingError(
             f"{p.skipped_in_row} non-finite losses in a row at step {p.step + 1}: training stopped. "
-            f"Try a lower train.lr (now {cfg.lr}), train.precision=fp32, or check the data for broken pairs; "
+            f"Try a lower train.lr (now {cfg.peak_lr}), train.precision=fp32, or check the data for broken pairs; "
             f"last.pt holds the last good state."
         )
 
