@@ -222,6 +222,13 @@ class TrainConfig(_Checked):
         """The peak learning rate: lr as set or resolved from the direction (to_config), else the default."""
         return DEFAULT_LR if self.lr is None else self.lr
 
+    def _by_direction(self, name: str, good, need: str) -> None:
+        """A per-direction table: SRC-TGT keys, numbers (not booleans) that `good` accepts."""
+        for direction, value in getattr(self, name).items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (is_direction(direction) and number and good(value)):
+                self._fail(name, f"entries SRC-TGT: {need}")
+
     def __post_init__(self) -> None:
         self._choice("schedule", SCHEDULES)
         self._choice("precision", PRECISIONS)
@@ -237,13 +244,12 @@ class TrainConfig(_Checked):
         self._at_least("warmup_steps", 0, optional=True)
         for name in ("weight_decay", "clip_norm", "patience", "average"):
             self._at_least(name, 0)
-        for direction, steps in self.warmup_by_direction.items():
-            if not is_direction(direction) or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-                self._fail("warmup_by_direction", "entries SRC-TGT: steps >= 0, e.g. {de-en: 400}")
-        for direction, lr in self.lr_by_direction.items():
-            good = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)
-            if not (is_direction(direction) and good):
-                self._fail("lr_by_direction", "entries SRC-TGT: learning rate > 0, e.g. {de-en: 0.003}")
+        self._by_direction(
+            "warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}"
+        )
+        self._by_direction(
+            "lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}"
+        )
         for minutes, p in self.dropout_by_budget.items():
             if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
                 self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.3}")
