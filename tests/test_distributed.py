@@ -69,6 +69,40 @@ def test_the_processes_agree_on_the_slowest_clock_any_skip_and_the_token_sum(tmp
     assert agree(SINGLE, elapsed=1.5, nonfinite=False, stop=True, tokens=7) == Agreement(1.5, False, True, 7)
 
 
+def _release(rank: int, init_file: str, answers) -> None:
+    import gc
+    import weakref
+
+    from translate.config import TrainConfig
+    from translate.learner import Learner
+    from translate.precision import Choice
+
+    from .conftest import tiny_model
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # fmt: skip
+    gc.disable()  # only close() may collect: the cycle collector would free the wrapper at a time of its own
+    learner = Learner(tiny_model(20), TrainConfig(), device=torch.device("cpu"), group=Group(rank, 2),
+                      precision=Choice("fp32", "asked for"))  # fmt: skip
+    wrapper = weakref.ref(learner.net)
+    del learner.net  # the learner's reference alone: what is left is DDP's own cycle
+    held = wrapper() is not None
+    learner.net = wrapper()
+    learner.close()
+    answers.put((rank, held, wrapper() is None))
+    gc.enable()
+    dist.destroy_process_group()
+
+
+def test_closing_the_learner_frees_ddp_before_the_process_group_goes(tmp_path):
+    # DDP holds the process group from inside a reference cycle; freed at interpreter exit
+    # instead, Gloo's teardown aborted a torchrun process (a CI run on 2026-12-04)
+    answers = mp.get_context("spawn").Queue()
+    mp.spawn(_release, args=(str(tmp_path / "init"), answers), nprocs=2)
+    got = dict((rank, rest) for rank, *rest in (answers.get(timeout=30) for _ in range(2)))
+    assert got == {0: [True, True], 1: [True, True]}  # the cycle is there, and close() frees it
+
+
 def torchrun(*args: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

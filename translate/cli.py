@@ -94,6 +94,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
 
     group, device = distributed.init(setup_torch(cfg))
     sync = lambda: distributed.barrier(group)  # noqa: E731
+    learner = None
     try:
         if not group.is_main:
             sync()  # process 0 reads the corpus first (a hub dataset is cached then), the others after it
@@ -150,6 +151,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
         )
         raise SystemExit(130) from None
     finally:
+        if learner is not None:
+            learner.close()  # DDP's hold on the process group goes before the group does
         distributed.shutdown(group)
     # the last record of the best step: the averaged weights', where they won
     best = next((h for h in reversed(progress.history) if h["step"] == progress.stopping.best_step), {})

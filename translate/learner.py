@@ -6,6 +6,7 @@ for a resumed run (optimizer, RNG states, the loop's progress) is plain data and
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -90,6 +91,14 @@ class Learner:
         result = self.backward(batch)
         self.update(lr) if result.finite else self.skip()
         return result
+
+    def close(self) -> None:
+        """Let go of the DDP wrapper now. DDP sits in a reference cycle and holds the process
+        group, so without this the group's last reference went only when the cycle collector
+        ran, sometimes at interpreter exit, where Gloo's teardown aborted the process
+        ("terminate called without an active exception"). The learner cannot train after it."""
+        self.net = None
+        gc.collect()
 
     def state(self, progress) -> dict[str, Any]:
         """What last.pt holds besides the weights, as plain data and tensors; `progress` is a dataclass."""
