@@ -248,13 +248,13 @@ def test_an_unset_dropout_comes_from_the_budget_and_a_resumed_run_keeps_its_own(
     assert "dropout 0.2 (train.dropout_by_budget for a 30-minute budget)" in log
     assert last("short")["model_config"]["dropout"] == 0.2
     log = train("run_dir=long", "train.max_time=60", "train.max_steps=5")
-    assert "dropout 0.3 (train.dropout_by_budget for a 60-minute budget)" in log
-    assert last("long")["model_config"]["dropout"] == 0.3
+    assert "dropout 0.4 (train.dropout_by_budget for a 60-minute budget)" in log
+    assert last("long")["model_config"]["dropout"] == 0.4
     # opened again with a shorter budget (a key a resumption may change): the model is rebuilt with the
     # run's own dropout, not the new budget's (the finished run then says it is complete)
     log = train("run_dir=long", "train.max_time=30", "train.max_steps=10")
-    assert "resuming the run from step 5" in log and "dropout 0.3 (the resumed run's)" in log
-    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.3
+    assert "resuming the run from step 5" in log and "dropout 0.4 (the resumed run's)" in log
+    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.4
 
 
 # ---- corpora that cannot train ----------------------------------------------------------------

@@ -189,7 +189,7 @@ class TrainConfig(_Checked):
     warmup_by_direction: dict[str, int] = field(default_factory=lambda: {"de-en": 400})
     # model.dropout unset: see dropout_for_budget. Measured on Multi30k (README, Results): 0.2 overfits in
     # 60 minutes, 0.3 is worse in 35
-    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.3})
+    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.4})
     schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
     min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
     plateau_factor: float = 0.5
@@ -252,7 +252,7 @@ class TrainConfig(_Checked):
         )
         for minutes, p in self.dropout_by_budget.items():
             if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
-                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.3}")
+                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.4}")
         for name in ("adam_beta1", "adam_beta2", "label_smoothing", "bpe_dropout"):
             self._fraction(name, closed=False)
         self._fraction("min_lr_ratio", closed=True)
