@@ -177,6 +177,7 @@ CHOICES = {
     "model.decoder": list(VARIANTS),
     "train.schedule": ["cosine", "linear", "rsqrt", "constant", "plateau"],
     "train.precision": ["auto", "bf16", "fp32"],
+    "decode.precision": ["auto", "bf16", "fp32"],
     "data.format": ["auto", "hub", "text"],
 }
 

@@ -38,6 +38,14 @@ def test_bleu_command_prints_scores_with_signatures(reversal_run):
     hyp_file = reversal_run / "run" / "test.best.beam3.yy"
     assert len(hyp_file.read_text(encoding="utf-8").splitlines()) == 100
 
+    # bf16 decoding says so, and its hypotheses go to their own file, next to the fp32 ones
+    overrides = [*REVERSAL_OVERRIDES, f"data.path={reversal_run / 'corpus'}", "run_dir=run"]
+    bf16 = run_cli("bleu", *overrides, "decode.precision=bf16", cwd=reversal_run)
+    assert bf16.returncode == 0, bf16.stderr.decode()[-2000:]
+    assert "decoding in bf16 (decode.precision=bf16: asked for)" in bf16.stderr.decode()
+    bf16_file = reversal_run / "run" / "test.best.beam3.bf16.yy"
+    assert len(bf16_file.read_text(encoding="utf-8").splitlines()) == 100 and hyp_file.is_file()
+
 
 def test_translate_keeps_one_line_per_input_line(reversal_run):
     model = reversal_run / "run" / "best.pt"
@@ -116,6 +124,13 @@ def test_bench_quick_writes_measured_figures(reversal_run):
     for name in ("greedy_int8", "beam5_int8"):
         assert fig[f"decode_{name}_sents_per_s"] > 0 and fig[f"decode_{name}_process_output_identical"] is True
     assert abs(fig["decode_beam5_int8_bleu_delta"]) < 5  # int8 keeps the model's quality
+    # bf16 is measured where decode.precision=auto would take it, and the choice is recorded with its reason
+    assert fig["decode_precision_auto"] in ("fp32", "bf16") and "bf16" in fig["decode_precision_auto_reason"]
+    bf16_measured = "decode_beam5_bf16_sents_per_s" in fig
+    assert bf16_measured == (fig["decode_precision_auto"] == "bf16")
+    if bf16_measured:
+        assert fig["decode_beam5_bf16_process_output_identical"] is True
+        assert abs(fig["decode_beam5_bf16_bleu_delta"]) < 5
     assert "| train_tgt_tokens_per_s |" in result.stdout.decode()
     from translate.precision import cpu_name
 

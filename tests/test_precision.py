@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import nullcontext
+from functools import partial
 
 import pytest
 import torch
@@ -17,11 +18,20 @@ from translate.config import ConfigError, DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.evaluation import evaluate, validation_batches
 from translate.learner import Learner
-from translate.precision import choose_precision, choose_threads, probe, probe_threads
+from translate.precision import (
+    choose_decode_precision,
+    choose_precision,
+    choose_threads,
+    decoding_precision,
+    probe,
+    probe_decoding,
+    probe_threads,
+)
 from translate.schedule import lr_at
 from translate.training import Progress, Validation
+from translate.translator import Translator
 
-from .conftest import reversal_pairs, reversal_tokenizer, tiny_model
+from .conftest import reversal_pairs, reversal_tokenizer, run_cli, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -137,3 +147,102 @@ def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(tmp_path):
         search=DecodeConfig(beam_size=2),
     )
     assert saved["metrics"]["valid_loss"] == pytest.approx(fp32["valid_loss"], rel=0.01)
+
+
+# ---- decoding precision -----------------------------------------------------------------------
+
+
+def test_decode_precision_auto_is_chosen_by_a_timed_beam_search_and_cached(tmp_path, caplog):
+    model = tiny_model(40).eval()
+    calls: list[int] = []
+
+    def fake(figures):
+        return lambda m, device, beam: calls.append(beam) or figures
+
+    cache = tmp_path / "probe.json"
+    choose = partial(choose_decode_precision, model=model, device=CPU, cache=cache, supported=True)
+    faster = choose("auto", beam=5, measure=fake({"fp32": 0.2, "bf16": 0.1}))
+    assert faster.precision == "bf16" and "200 ms in fp32, 100 ms in bf16" in faster.reason and calls == [5]
+    again = choose("auto", beam=5, measure=fake({"fp32": 0.2, "bf16": 0.9}))
+    assert again.precision == "bf16" and calls == [5] and "cached in" in again.reason  # the cache answered
+    slower = choose("auto", beam=1, measure=fake({"fp32": 0.2, "bf16": 0.19}))
+    assert slower.precision == "fp32" and calls == [5, 1]  # not clearly faster (another beam: another probe)
+    assert len(json.loads(cache.read_text())) == 2
+    none = choose("auto", beam=5, measure=fake({"fp32": 1.0, "bf16": 0.1}), supported=False, cache=None)
+    assert none.precision == "fp32" and "no bf16" in none.reason and len(calls) == 2  # no probe at all
+    assert choose("fp32", beam=5, measure=fake({})).precision == "fp32" and len(calls) == 2
+    with caplog.at_level(logging.WARNING):
+        assert choose("bf16", beam=5, supported=False).precision == "bf16"  # asked for: honoured, with a warning
+    assert any("no bf16 arithmetic" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="decode.precision='fp16'.*auto, bf16, fp32"):
+        choose("fp16", beam=5)
+
+
+def test_bf16_decoding_keeps_fp32_results_and_puts_the_cpu_setting_back():
+    model = tiny_model(40, emb_dim=64, enc_hidden=64, dec_hidden=64, attn_dim=64).eval()
+    batch = make_batch([[5, 6, 7, 8, 9], [10, 11, 12]])
+    flag = torch.backends.mkldnn.matmul
+    before = flag.fp32_precision
+
+    def first_step(precision):
+        with torch.no_grad(), decoding_precision(precision, CPU):
+            memory, state = model.encode(batch.src, batch.src_lengths)
+            return model.decode_step(torch.tensor([1, 1]), state, memory)[0], flag.fp32_precision
+
+    fp32, inside_fp32 = first_step("fp32")
+    bf16, inside_bf16 = first_step("bf16")
+    assert inside_fp32 == before and inside_bf16 == "bf16" and flag.fp32_precision == before
+    assert bf16.dtype == torch.float32  # products in bf16, results in fp32: no autocast
+    assert torch.allclose(bf16.exp(), fp32.exp(), atol=0.02)  # bf16 accuracy
+    with pytest.raises(RuntimeError, match="boom"), decoding_precision("bf16", CPU):
+        raise RuntimeError("boom")
+    assert flag.fp32_precision == before  # put back after an error too
+
+
+def test_the_decoding_probe_times_both_precisions_and_leaves_the_setting_alone():
+    model = tiny_model(40).eval()
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    figures = probe_decoding(model, CPU, beam=3, reps=1)
+    assert set(figures) == {"fp32", "bf16"} and all(0 < v < 10 for v in figures.values())
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_the_translator_searches_in_the_precision_it_chose(monkeypatch):
+    tokenizer = reversal_tokenizer()
+    outside = torch.backends.mkldnn.matmul.fp32_precision
+    for precision, inside in (("bf16", "bf16"), ("fp32", outside)):
+        cfg = DecodeConfig(beam_size=2, precision=precision)
+        translator = Translator(tiny_model(tokenizer.vocab_size), tokenizer, cfg)
+        seen: list[str] = []
+
+        def spy(*args, step=translator.model.decode_step, seen=seen, **kwargs):
+            seen.append(torch.backends.mkldnn.matmul.fp32_precision)
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(translator.model, "decode_step", spy)
+        assert translator.precision == precision
+        out = list(translator.translate_lines(["a b c", "", "d e"]))
+        assert len(out) == 3 and out[1] == ""
+        assert seen and set(seen) == {inside}
+        assert torch.backends.mkldnn.matmul.fp32_precision == outside  # not left on between searches
+
+
+@pytest.mark.slow
+def test_bf16_decoding_translates_like_fp32_from_the_command_line_and_caches_its_choice(reversal_run, tmp_path):
+    ckpt = str(reversal_run / "run" / "best.pt")
+    src = [s for s, _ in reversal_pairs(120, seed=7)]
+    fp32 = list(Translator.from_checkpoint(ckpt, DecodeConfig(beam_size=3)).translate_lines(src))
+    bf16 = Translator.from_checkpoint(ckpt, DecodeConfig(beam_size=3, precision="bf16"))
+    together = list(bf16.translate_lines(src))
+    agreement = sum(a == b for a, b in zip(together, fp32)) / len(src)
+    assert agreement >= 0.9, f"bf16 and fp32 agree on {agreement:.2f} of the lines"
+
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second run reads the probe's figures from the user's cache
+        result = run_cli("translate", "--model", ckpt, "--beam", "3", "--precision", "auto", cwd=reversal_run,
+                         input=b"a b c\n\nd e\n", env={"XDG_CACHE_HOME": str(cache)})  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        assert len(result.stdout.decode().split("\n")) == 4 and result.stdout.decode().split("\n")[1] == ""
+        assert "decoding in " in result.stderr.decode() and "timed probe" in result.stderr.decode()
+    assert "cached in" in result.stderr.decode()
+    assert "decoding 32 sentences, beam 3" in (cache / "translate" / "precision_probe.json").read_text()

@@ -6,8 +6,9 @@
    target token, counted by torch's FlopCounterMode, / the best 2048 x 2048 product in the
    chosen precision).
    Each variant runs in its own process, so peak memory is its own.
-2. Decoding test2016: sentences per second, greedy and beam 5, for the fp32 model and
-   (bench.int8, the default) the int8 CPU model of translate/quantize.py, measured
+2. Decoding test2016: sentences per second, greedy and beam 5, for the fp32 model,
+   (bench.int8, the default) the int8 CPU model of translate/quantize.py, and bf16 where
+   decode.precision=auto takes it on this machine (its probe's choice is recorded), measured
    steady-state (model loaded and warmed up, decoding only) and as a whole `translate`
    process, with the sacreBLEU score of each.
 3. Time-to-BLEU (skipped with bench.quick=true): test2016 BLEU after a wall-clock
@@ -130,12 +131,14 @@ def training_throughput(cfg: BenchRunConfig, variant: str) -> dict[str, float]:
     return result
 
 
-def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8: bool = False) -> dict[str, float]:
+def decoding(
+    cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8: bool = False, precision: str = "fp32"
+) -> dict[str, float]:
     """Steady-state and whole-process decoding speed of the test split, and its BLEU."""
     from translate.evaluation import score
     from translate.translator import Translator
 
-    decode = replace(cfg.decode, beam_size=beam, int8=int8)
+    decode = replace(cfg.decode, beam_size=beam, int8=int8, precision=precision)
     translator = Translator.from_checkpoint(str(checkpoint), decode, device="cpu")
     list(translator.translate_lines(test.src[:64]))  # warm-up
     start = time.perf_counter()
@@ -146,7 +149,8 @@ def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8
     work = Path(cfg.run_dir)
     src_file = work / f"bench.{cfg.data.test_name}.{cfg.data.src_lang}"
     src_file.write_text("".join(s + "\n" for s in test.src), encoding="utf-8")
-    out_file = work / f"bench.{cfg.data.test_name}.beam{beam}{'.int8' if int8 else ''}.{cfg.data.tgt_lang}"
+    kind = ("" if precision == "fp32" else f".{precision}") + (".int8" if int8 else "")
+    out_file = work / f"bench.{cfg.data.test_name}.beam{beam}{kind}.{cfg.data.tgt_lang}"
     start = time.perf_counter()
     subprocess.run(
         [
@@ -164,6 +168,7 @@ def decoding(cfg: BenchRunConfig, test: Split, checkpoint: Path, beam: int, int8
             "-o",
             str(out_file),
             *(["--int8"] if int8 else []),
+            *(["--precision", precision] if precision != "fp32" else []),
         ],
         check=True,
         stderr=subprocess.DEVNULL,
@@ -418,30 +423,45 @@ def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[s
     fig["decode_checkpoint"] = str(checkpoint)
     fig["decode_model_minutes"] = model_minutes(checkpoint)
     test = load_split(cfg.data, "test")
-    kinds = [("greedy", 1, False), ("beam5", 5, False)]
+    kinds = [("greedy", 1, False, "fp32"), ("beam5", 5, False, "fp32")]
     if cfg.bench.int8:
-        kinds += [("greedy_int8", 1, True), ("beam5_int8", 5, True)]
-    for name, beam, int8 in kinds:
+        kinds += [("greedy_int8", 1, True, "fp32"), ("beam5_int8", 5, True, "fp32")]
+    fig["decode_precision_auto"], fig["decode_precision_auto_reason"] = decode_precision_choice(cfg, checkpoint)
+    if fig["decode_precision_auto"] == "bf16":  # bf16 is measured where decode.precision=auto would take it
+        kinds += [("greedy_bf16", 1, False, "bf16"), ("beam5_bf16", 5, False, "bf16")]
+    for name, beam, int8, precision in kinds:
         log.info("decoding %s with %s", cfg.data.test_name, name)
-        r = decoding(cfg, test, checkpoint, beam, int8)
+        r = decoding(cfg, test, checkpoint, beam, int8, precision)
         for key in ("sents_per_s", "process_sents_per_s", "tgt_tokens_per_s", "process_tgt_tokens_per_s"):
             fig[f"decode_{name}_{key}"] = r[key]
         fig[f"decode_{name}_tgt_tokens_per_sent"] = r["tgt_tokens_per_sent"]
         fig[f"decode_{name}_bleu"] = r["bleu"]
         fig[f"decode_{name}_process_output_identical"] = r["process_output_identical"]
     for name in ("greedy", "beam5"):
-        fp32, int8 = f"decode_{name}_", f"decode_{name}_int8_"
-        if f"{int8}bleu" in fig:
-            fig[f"{int8}bleu_delta"] = fig[f"{int8}bleu"] - fig[f"{fp32}bleu"]
-            fig[f"{int8}speedup"] = fig[f"{int8}sents_per_s"] / fig[f"{fp32}sents_per_s"]
+        fp32 = f"decode_{name}_"
+        for other in (f"decode_{name}_int8_", f"decode_{name}_bf16_"):
+            if f"{other}bleu" in fig:
+                fig[f"{other}bleu_delta"] = fig[f"{other}bleu"] - fig[f"{fp32}bleu"]
+                fig[f"{other}speedup"] = fig[f"{other}sents_per_s"] / fig[f"{fp32}sents_per_s"]
+
+
+def decode_precision_choice(cfg: BenchRunConfig, checkpoint: Path) -> tuple[str, str]:
+    """What decode.precision=auto chooses for beam 5 on this machine, and why (the probe,
+    cached with training's)."""
+    from translate.precision import probe_cache
+    from translate.translator import Translator
+
+    decode = replace(cfg.decode, beam_size=5, int8=False, precision="auto")
+    t = Translator.from_checkpoint(str(checkpoint), decode, device="cpu", probe_cache=probe_cache(cfg.data.artefacts))
+    return t.precision, t.precision_reason
 
 
 # (our figure, the peer's figure) pairs whose ratio the benchmark reports; the peer decodes
-# in fp32 only, so our int8 figures are set against its fp32 ones
+# in fp32 only, so our int8 and bf16 figures are set against its fp32 ones
 RATIOS = (("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),) + tuple(
-    (f"decode_{kind}{int8}_{unit}", f"decode_{kind}_{unit}")
+    (f"decode_{kind}{variant}_{unit}", f"decode_{kind}_{unit}")
     for kind in ("greedy", "beam5")
-    for int8 in ("", "_int8")
+    for variant in ("", "_int8", "_bf16")
     for unit in ("sents_per_s", "process_sents_per_s", "tgt_tokens_per_s", "process_tgt_tokens_per_s")
 )
 

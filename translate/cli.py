@@ -255,16 +255,20 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
     from translate.checkpoint import load_checkpoint
     from translate.data import load_split
     from translate.evaluation import translate_split
+    from translate.precision import probe_cache
     from translate.translator import Translator
 
     device = setup_torch(cfg)
     ckpt = checkpoint_path(cfg)
-    int8 = ".int8" if cfg.decode.int8 else ""
-    out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{int8}.{cfg.data.tgt_lang}")
+    payload = load_checkpoint(ckpt)
+    translator = Translator.from_payload(
+        payload, cfg.decode, device=str(device), name=str(ckpt), probe_cache=probe_cache(cfg.data.artefacts)
+    )
+    kind = "".join(f".{k}" for k, on in (("bf16", translator.precision == "bf16"), ("int8", cfg.decode.int8)) if on)
+    out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{kind}.{cfg.data.tgt_lang}")
     problem = output_problem(out)
     if problem:
         log.warning("%s: the hypotheses will not be saved; the score is printed all the same", problem)
-    payload = load_checkpoint(ckpt)
     trained = payload.get("run_config", {})
     pair = (trained.get("data.src_lang"), trained.get("data.tgt_lang"))
     if None not in pair and pair != (cfg.data.src_lang, cfg.data.tgt_lang):
@@ -276,7 +280,6 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
             cfg.data.tgt_lang,
         )
     test = load_split(cfg.data, "test")
-    translator = Translator.from_payload(payload, cfg.decode, device=str(device), name=str(ckpt))
     n_best, nbest_lines = cfg.decode.n_best, []
     with progress_bar(total=len(test.src), desc=cfg.data.test_name) as bar, logging_redirect_tqdm():
         if n_best > 1:  # the n-best lists are written too; the score is the first hypotheses'
@@ -441,6 +444,12 @@ def progress_bar(total: int | None = None, desc: str = "translate", show: bool =
     )
 
 
+def user_probe_cache() -> Path:
+    """Where `translate --precision auto` keeps its probe's figures: one file per user and machine."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "translate" / "precision_probe.json"
+
+
 def translate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="translate", description="Translate a text file line by line.")
     parser.add_argument("--model", required=True, help="checkpoint file (best.pt)")
@@ -456,6 +465,13 @@ def translate_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="auto (cuda when there is one; cpu with --int8), cpu, cuda")
     parser.add_argument("--int8", action="store_true", help="decode with int8 matrix products (CPU only, faster)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default=DecodeConfig.precision,
+        help="the matrix products in fp32, in bf16, or auto: bf16 where a timed probe finds it faster on this machine"
+        " (cached in $XDG_CACHE_HOME/translate/)",
+    )
     parser.add_argument(
         "--early-stop",
         action="store_true",
@@ -502,9 +518,9 @@ def translate_main(argv: list[str] | None = None) -> int:
     try:
         device = device_for("cpu" if args.int8 and args.device == "auto" else args.device)
         sizes = dict(beam_size=args.beam, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
-        cfg = replace(DecodeConfig(), **sizes, int8=args.int8, early_stop=args.early_stop)
+        cfg = replace(DecodeConfig(), **sizes, int8=args.int8, early_stop=args.early_stop, precision=args.precision)
         plots = Heatmaps(args.attention_plots) if args.attention_plots else None  # unwritable: before any work
-        translator = Translator.from_checkpoint(args.model, cfg, device=str(device))
+        translator = Translator.from_checkpoint(args.model, cfg, device=str(device), probe_cache=user_probe_cache())
         src = sys.stdin.buffer if reading_stdin else open(args.input, "rb")
         with src:
             hint = "; fix the encoding or pass --errors replace"

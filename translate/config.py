@@ -272,6 +272,9 @@ class DecodeConfig(_Checked):
     # and at most this many beam rows x source subwords per batch, which bounds decoding memory (README)
     batch_tokens: int = 20000
     int8: bool = False  # CPU only: the decoder's matrix products in int8 (translate/quantize.py)
+    # fp32 | bf16 | auto (a timed probe decides, translate/precision.py). fp32 by default: bf16 changes
+    # a few outputs and, rarely, makes one depend on its batch (README, "bf16 decoding")
+    precision: str = "fp32"
     n_best: int = 1  # hypotheses kept per sentence (<= beam_size); make bleu scores the first, writes all
     # a sentence ends once a step's best candidate ends (OpenNMT-py, JoeyNMT); false: once it
     # holds beam_size finished hypotheses (fairseq), slower
@@ -283,6 +286,7 @@ class DecodeConfig(_Checked):
         self._at_least("batch_size", 1)
         self._at_least("batch_tokens", 1)
         self._at_least("n_best", 1)
+        self._choice("precision", PRECISIONS)
         if self.n_best > self.beam_size:
             self._fail("n_best", f"must not exceed decode.beam_size={self.beam_size}")
         for name in ("length_penalty", "max_len_a", "max_len_b"):

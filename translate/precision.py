@@ -1,4 +1,4 @@
-"""Training precision: fp32, or bf16 autocast where it is faster *on this machine*.
+"""Precision: fp32, or bf16 where it is faster *on this machine*, for training and decoding.
 
 ``train.precision=auto`` does not trust a capability flag ("the CPU supports bf16" is
 not "bf16 is faster here": on an Intel Xeon with AVX512-BF16, bf16 autocast trained
@@ -17,8 +17,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def choose_precision(
         return Choice("fp32", f"this {device.type} has no bf16 arithmetic")
     if model is None:
         return Choice("fp32", "no model to time bf16 with")
-    key = probe_key(model, device, batch_tokens)
+    key = probe_key(model, device, f"{batch_tokens} tokens")
     figures, where = _figures(cache, key, lambda: (measure or probe)(model, device, batch_tokens))
     fp32, bf16 = figures["fp32"], figures["bf16"]
     precision = "bf16" if bf16 <= BF16_MARGIN * fp32 else "fp32"
@@ -144,7 +144,7 @@ def choose_threads(
     candidates = sorted({default, cores})
     if len(candidates) == 1:
         return Threads(default, f"torch's default, one per core of the {cores} this process may use; nothing to time")
-    key = f"threads {candidates} | " + probe_key(model, torch.device("cpu"), batch_tokens)
+    key = f"threads {candidates} | " + probe_key(model, torch.device("cpu"), f"{batch_tokens} tokens")
     figures, where = _figures(cache, key, lambda: (measure or probe_threads)(model, candidates, batch_tokens))
     best = min(candidates, key=lambda n: figures[str(n)])
     timed = ", ".join(f"{figures[str(n)] * 1000:.0f} ms on {n}" for n in candidates)
@@ -182,13 +182,14 @@ def probe_threads(model: torch.nn.Module, candidates: list[int], batch_tokens: i
 PROBE_VERSION = 2  # what the probe times; 2: the output layer's products in bf16 under bf16
 
 
-def probe_key(model: torch.nn.Module, device: torch.device, batch_tokens: int) -> str:
-    """What the probe's figures depend on: machine, torch, threads, model shape, batch size."""
+def probe_key(model: torch.nn.Module, device: torch.device, work: str) -> str:
+    """What a probe's figures depend on: machine, torch, threads, model shape, and the `work`
+    timed ("1500 tokens": a training step's batch size)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     shape = json.dumps({**asdict(model.cfg), "vocab": model.vocab_size}, sort_keys=True)
     threads = torch.get_num_threads()
     return (
-        f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {batch_tokens} tokens | {shape}"
+        f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {work} | {shape}"
         f" | probe {PROBE_VERSION}"
     )
 
@@ -258,3 +259,87 @@ def product_dtype(precision: str) -> torch.dtype:
 def autocast_for(precision: str, device: torch.device) -> AbstractContextManager:
     """A bf16 autocast context for precision bf16, a null context for fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+# ---- decoding ------------------------------------------------------------------------------
+
+PROBE_SENTENCES = 32  # synthetic sentences the decoding probe translates
+PROBE_LENGTH = 15  # their subwords, EOS excluded
+
+
+def choose_decode_precision(
+    requested: str,
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    beam: int,
+    cache: Path | None = None,
+    measure: Callable[..., dict[str, float]] | None = None,
+    supported: bool | None = None,
+) -> Choice:
+    """The precision to decode in (``decode.precision``), and why: fp32 and bf16 as asked;
+    auto: bf16 where the hardware has it and a timed beam search of a synthetic batch takes
+    at most BF16_MARGIN of fp32's time, cached like the training probe. `measure` and
+    `supported` are there to be replaced in tests."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"decode.precision={requested!r} is not allowed: choose one of {', '.join(PRECISIONS)}")
+    supported = bf16_supported(device) if supported is None else supported
+    if requested != "auto":
+        if requested == "bf16" and not supported:
+            log.warning("decode.precision=bf16 but this %s has no bf16 arithmetic; expect it to be slow", device.type)
+        return Choice(requested, "asked for")
+    if not supported:
+        return Choice("fp32", f"this {device.type} has no bf16 arithmetic")
+    work = f"decoding {PROBE_SENTENCES} sentences, beam {beam}"
+    key = probe_key(model, device, work)
+    figures, where = _figures(cache, key, lambda: (measure or probe_decoding)(model, device, beam))
+    fp32, bf16 = figures["fp32"], figures["bf16"]
+    precision = "bf16" if bf16 <= BF16_MARGIN * fp32 else "fp32"
+    why = f"timed probe: {work} takes {fp32 * 1000:.0f} ms in fp32, {bf16 * 1000:.0f} ms in bf16 ({where})"
+    return Choice(precision, why)
+
+
+def probe_decoding(model: torch.nn.Module, device: torch.device, beam: int, reps: int = 3) -> dict[str, float]:
+    """Seconds to beam-search PROBE_SENTENCES random sentences of PROBE_LENGTH subwords with
+    `model` as it is (eval mode, int8 or not), in fp32 and in bf16 (:func:`decoding_precision`);
+    the best of `reps` after one warm-up. Outputs are capped at the source length."""
+    from translate.batching import make_batch
+    from translate.search import beam_search
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, model.vocab_size, (PROBE_SENTENCES, PROBE_LENGTH), generator=g).tolist()
+    batch = make_batch(ids).to(device)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        times = []
+        for _ in range(reps + 1):
+            start = time.perf_counter()
+            with decoding_precision(precision, device):
+                beam_search(model, batch.src, batch.src_lengths, beam_size=beam, length_penalty_alpha=1.0,
+                            max_len_a=1.0, max_len_b=0)  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        out[precision] = min(times[1:])
+    return out
+
+
+@contextmanager
+def decoding_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Decode in `precision`: fp32 as it is; bf16 on a CPU: oneDNN computes fp32 matrix
+    products (linear layers, the GRU's) from bf16-rounded inputs, accumulating and returning
+    fp32; on a GPU: bf16 autocast. The CPU setting is process-wide while the block runs,
+    and put back after it."""
+    if precision != "bf16":
+        yield
+    elif device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        flag = torch.backends.mkldnn.matmul
+        before = flag.fp32_precision
+        flag.fp32_precision = "bf16"
+        try:
+            yield
+        finally:
+            flag.fp32_precision = before

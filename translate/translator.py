@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,7 @@ from translate.batching import make_batch
 from translate.checkpoint import CheckpointError, load_checkpoint, tokenizer_bytes
 from translate.config import DecodeConfig, ModelConfig
 from translate.model import Seq2Seq
+from translate.precision import choose_decode_precision, decoding_precision
 from translate.search import Hypothesis, beam_search, greedy_search
 from translate.textfile import has_text
 from translate.tokenizer import Tokenizer
@@ -70,7 +72,16 @@ class Translation:
 
 
 class Translator:
-    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, cfg: DecodeConfig, *, max_input_len: int = 250) -> None:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        tokenizer: Tokenizer,
+        cfg: DecodeConfig,
+        *,
+        max_input_len: int = 250,
+        probe_cache: Path | None = None,
+    ) -> None:
+        """`probe_cache`: where decode.precision=auto keeps its probe's figures (default: this process only)."""
         if cfg.int8:
             from translate.quantize import quantize_decoder
 
@@ -78,21 +89,31 @@ class Translator:
         self.model, self.tokenizer, self.cfg = model.eval(), tokenizer, cfg
         self.max_input_len = max_input_len
         self.device = next(model.parameters()).device
+        choice = choose_decode_precision(cfg.precision, self.model, self.device, beam=cfg.beam_size, cache=probe_cache)
+        self.precision, self.precision_reason = choice.precision, choice.reason
+        if cfg.precision != "fp32":
+            log.info("decoding in %s (decode.precision=%s: %s)", choice.precision, cfg.precision, choice.reason)
 
     @classmethod
     def load(cls, path: str, *, beam: int = DecodeConfig.beam_size, device: str = "auto", **decode) -> Translator:
         """A model file, ready to translate: `beam` (1 = greedy), `device` (auto: the GPU if
         there is one), and any other decoding setting by name (int8=True, n_best=3,
-        length_penalty=0.6, ...; see DecodeConfig). Read with weights_only: no code runs."""
+        length_penalty=0.6, precision="auto", ...; see DecodeConfig). Read with weights_only: no code runs."""
         return cls.from_checkpoint(path, DecodeConfig(beam_size=beam, **decode), device=device)
 
     @classmethod
-    def from_checkpoint(cls, path: str, cfg: DecodeConfig | None = None, device: str = "auto") -> Translator:
+    def from_checkpoint(
+        cls, path: str, cfg: DecodeConfig | None = None, device: str = "auto", *, probe_cache: Path | None = None
+    ) -> Translator:
         """The model and tokenizer of a checkpoint file, on `device` (auto: cuda when there is one)."""
-        return cls.from_payload(load_checkpoint(path), cfg or DecodeConfig(), device=device, name=str(path))
+        return cls.from_payload(
+            load_checkpoint(path), cfg or DecodeConfig(), device=device, name=str(path), probe_cache=probe_cache
+        )
 
     @classmethod
-    def from_payload(cls, ckpt: dict, cfg: DecodeConfig, *, device: str = "auto", name: str) -> Translator:
+    def from_payload(
+        cls, ckpt: dict, cfg: DecodeConfig, *, device: str = "auto", name: str, probe_cache: Path | None = None
+    ) -> Translator:
         """The same from a loaded checkpoint; `name` (its file) is what errors name."""
         try:
             model = Seq2Seq(ModelConfig(**ckpt["model_config"]), ckpt["vocab_size"])
@@ -103,7 +124,7 @@ class Translator:
             tokenizer = Tokenizer(tokenizer_bytes(ckpt))
         except (TypeError, ValueError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"{name}: its stored SentencePiece model is unusable ({err})") from None
-        return cls(model.to(device_for(device)), tokenizer, cfg)
+        return cls(model.to(device_for(device)), tokenizer, cfg, probe_cache=probe_cache)
 
     # ---- the Python API -----------------------------------------------------------------
 
@@ -246,20 +267,21 @@ class Translator:
         batch = make_batch(src).to(self.device)
         c = self.cfg
         lengths = dict(max_len_a=c.max_len_a, max_len_b=c.max_len_b)
-        if c.beam_size == 1:
-            hyps = greedy_search(self.model, batch.src, batch.src_lengths, **lengths, need_attention=need_attention)
-            return [[h] for h in hyps]
-        nbest = beam_search(
-            self.model,
-            batch.src,
-            batch.src_lengths,
-            beam_size=c.beam_size,
-            length_penalty_alpha=c.length_penalty,
-            n_best=n_best,
-            early_stop=c.early_stop,
-            need_attention=need_attention,
-            **lengths,
-        )
+        with decoding_precision(self.precision, self.device):  # around the search only: lines are generated lazily
+            if c.beam_size == 1:
+                hyps = greedy_search(self.model, batch.src, batch.src_lengths, **lengths, need_attention=need_attention)
+                return [[h] for h in hyps]
+            nbest = beam_search(
+                self.model,
+                batch.src,
+                batch.src_lengths,
+                beam_size=c.beam_size,
+                length_penalty_alpha=c.length_penalty,
+                n_best=n_best,
+                early_stop=c.early_stop,
+                need_attention=need_attention,
+                **lengths,
+            )
         return [_pad(h, n_best) for h in nbest]
 
 
