@@ -206,3 +206,18 @@ def test_cosine_attention_reads_directions_not_lengths():
     _, a = general(query, general.precompute(keys, mask))
     _, b = general(query * 7, general.precompute(longer, mask))
     assert not torch.allclose(a, b, atol=1e-3)  # the control: a dot-product score does read lengths
+
+
+@pytest.mark.parametrize("decoder", ["fused", "input_feed"])
+def test_the_warm_up_runs_the_kernels_and_leaves_model_gradients_and_random_state_alone(decoder, monkeypatch):
+    model = Seq2Seq(ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, decoder=decoder), 12).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    calls: list[int] = []
+    forward = torch.nn.GRU.forward
+    monkeypatch.setattr(torch.nn.GRU, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    model.warm_up()
+    assert len(calls) >= 2  # the encoder's and the decoder's recurrences ran (on a copy)
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()) and not model.training

@@ -17,6 +17,8 @@ weights are computed in any case, so asking costs nothing in the model.
 
 from __future__ import annotations
 
+import copy
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 import torch
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from translate.attention import Memory, make_attention
-from translate.batching import Batch
+from translate.batching import Batch, make_batch
 from translate.config import ModelConfig
 from translate.decoder import DecoderState, make_decoder
 from translate.encoder import Encoder
@@ -92,6 +94,23 @@ class Seq2Seq(nn.Module):
         logits, state, weights = self.decoder.step(tokens, state, memory)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         return (log_probs, state, weights.float()) if need_attention else (log_probs, state)
+
+    def warm_up(self, *, autocast: AbstractContextManager | None = None, products: torch.dtype = torch.float32) -> None:
+        """One training step's forward and backward on a copy of the model and a two-sentence
+        batch, the random state put back: this process's first call of every kernel is spent
+        on throwaway data. On an Intel Xeon with 2 threads (2026-12-06), the first call of
+        ``nn.GRU`` in a process took another code path in about 1 process in 5 and rounded
+        differently, so identical trainings ended with different weights and a resumed run
+        did not reproduce the uninterrupted one (README, "Resume"); the Translator runs one
+        search for the same reason. `autocast` and `products`: the training precision's."""
+        device = self.output_weight.device
+        ids = [min(4 + i, self.vocab_size - 1) for i in range(3)]
+        batch = make_batch([ids, ids[:2]], [ids[:2], ids]).to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            net = copy.deepcopy(self).train()
+            with autocast or nullcontext():
+                features = net.features(batch)
+            net.loss(batch, features=features, products=products)[0].backward()
 
     @staticmethod
     def reorder(x: Reorderable, index: torch.Tensor) -> Reorderable:
