@@ -208,16 +208,21 @@ def test_cosine_attention_reads_directions_not_lengths():
     assert not torch.allclose(a, b, atol=1e-3)  # the control: a dot-product score does read lengths
 
 
+@pytest.mark.parametrize("backward", [False, True])
 @pytest.mark.parametrize("decoder", ["fused", "input_feed"])
-def test_the_warm_up_runs_the_kernels_and_leaves_model_gradients_and_random_state_alone(decoder, monkeypatch):
+def test_the_warm_up_runs_the_kernels_and_leaves_model_gradients_and_random_state_alone(decoder, backward, monkeypatch):
     model = Seq2Seq(ModelConfig(emb_dim=16, enc_hidden=16, dec_hidden=16, attn_dim=16, decoder=decoder), 12).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     calls: list[int] = []
     forward = torch.nn.GRU.forward
     monkeypatch.setattr(torch.nn.GRU, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
-    model.warm_up()
+    model.warm_up(backward=backward)
     assert len(calls) >= 2  # the encoder's and the decoder's recurrences ran (on a copy)
+    ran = len(calls)
+    model.warm_up(backward=backward)
+    model.warm_up()  # a forward warm-up after either is nothing new either
+    assert len(calls) == ran  # once per model
     assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training

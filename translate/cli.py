@@ -264,7 +264,7 @@ def bleu(cfg: Config, record: RunRecord | None = None) -> dict[str, float]:
     translator = Translator.from_payload(
         payload, cfg.decode, device=str(device), name=str(ckpt), probe_cache=probe_cache(cfg.data.artefacts)
     )
-    kind = "".join(f".{k}" for k, on in (("bf16", translator.precision == "bf16"), ("int8", cfg.decode.int8)) if on)
+    kind = (".bf16" if translator.precision == "bf16" else "") + (".int8" if cfg.decode.int8 else "")
     out = ckpt.with_name(f"{cfg.data.test_name}.{ckpt.stem}.beam{cfg.decode.beam_size}{kind}.{cfg.data.tgt_lang}")
     problem = output_problem(out)
     if problem:

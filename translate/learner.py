@@ -55,7 +55,7 @@ class Learner:
         # `precision` as chosen already (the command line does, before any collective), or chosen here
         choice = precision or choose_precision(cfg.precision, device, model, batch_tokens=cfg.batch_tokens)
         self.precision, self.precision_reason = choice.precision, choice.reason
-        model.warm_up(autocast=self.autocast(), products=self.products)  # first calls on throwaway data
+        model.warm_up(backward=True, context=self.autocast(), products=self.products)  # first calls: throwaway data
 
     def autocast(self):
         return autocast_for(self.precision, self.device)

@@ -40,6 +40,7 @@ class Seq2Seq(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
+        self._warmed_up = ""  # "", "forward" or "backward": see warm_up
         tgt_embed = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
         self.encoder = Encoder(
@@ -95,22 +96,33 @@ class Seq2Seq(nn.Module):
         log_probs = F.log_softmax(logits.float(), dim=-1)
         return (log_probs, state, weights.float()) if need_attention else (log_probs, state)
 
-    def warm_up(self, *, autocast: AbstractContextManager | None = None, products: torch.dtype = torch.float32) -> None:
-        """One training step's forward and backward on a copy of the model and a two-sentence
-        batch, the random state put back: this process's first call of every kernel is spent
-        on throwaway data. On an Intel Xeon with 2 threads (2026-12-06), the first call of
-        ``nn.GRU`` in a process took another code path in about 1 process in 5 and rounded
-        differently, so identical trainings ended with different weights and a resumed run
-        did not reproduce the uninterrupted one (README, "Resume"); the Translator runs one
-        search for the same reason. `autocast` and `products`: the training precision's."""
+    def warm_up(self, *, backward: bool = False, context: AbstractContextManager | None = None,
+                products: torch.dtype = torch.float32) -> None:  # fmt: skip
+        """Spend this process's first call of the model's kernels on throwaway data: a
+        two-sentence batch through the encoder and one decoding step (`backward`: a training
+        step's forward and backward, on a copy), under `context` (the precision's autocast or
+        decoding setting) with the output layer's `products`, the random state put back.
+        Once per model: a model warmed already (the learner's, when validation decodes with
+        it) is left alone.
+
+        On an Intel Xeon with 2 threads (2026-12-06), the first call of ``nn.GRU`` in a
+        process took another code path in about 1 process in 5 and rounded differently, so
+        identical trainings ended with different weights and a resumed run did not reproduce
+        the uninterrupted one (README, "Resume")."""
+        if self._warmed_up == "backward" or (self._warmed_up == "forward" and not backward):
+            return
         device = self.output_weight.device
         ids = [min(4 + i, self.vocab_size - 1) for i in range(3)]
         batch = make_batch([ids, ids[:2]], [ids[:2], ids]).to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            net = copy.deepcopy(self).train()
-            with autocast or nullcontext():
-                features = net.features(batch)
-            net.loss(batch, features=features, products=products)[0].backward()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), context or nullcontext():
+            if backward:
+                net = copy.deepcopy(self).train()
+                net.loss(batch, features=net.features(batch), products=products)[0].backward()
+            else:
+                with torch.inference_mode():
+                    memory, state = self.encode(batch.src, batch.src_lengths)
+                    self.decode_step(batch.tgt_in[:, 0], state, memory)
+        self._warmed_up = "backward" if backward else "forward"
 
     @staticmethod
     def reorder(x: Reorderable, index: torch.Tensor) -> Reorderable:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,28 +57,56 @@ def choose_precision(
 ) -> Choice:
     """The precision to train in, and why. `measure` (the timed probe by default) and
     `supported` (the hardware check by default) are there to be replaced in tests."""
+    return _choose(
+        "train.precision", requested, device, model, supported=supported, cache=cache,
+        work=f"a {batch_tokens}-token training step", key_work=f"{batch_tokens} tokens",
+        measure=lambda: (measure or probe)(model, device, batch_tokens),
+    )  # fmt: skip
+
+
+def _choose(
+    setting: str,
+    requested: str,
+    device: torch.device,
+    model: torch.nn.Module | None,
+    *,
+    supported: bool | None,
+    cache: Path | None,
+    work: str,
+    key_work: str,
+    measure: Callable[[], dict[str, float]],
+) -> Choice:
+    """fp32 or bf16 for `setting` (train.precision, decode.precision): as asked, or for auto,
+    bf16 where the hardware has it and the probe (`measure`, timing `work`; its figures
+    cached under `key_work`) finds it at most BF16_MARGIN of fp32's time."""
     if requested not in PRECISIONS:
-        raise ConfigError(f"train.precision={requested!r} is not allowed: choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{setting}={requested!r} is not allowed: choose one of {', '.join(PRECISIONS)}")
     supported = bf16_supported(device) if supported is None else supported
-    if requested == "fp32":
-        return Choice("fp32", "asked for")
-    if requested == "bf16":
-        if not supported:
-            log.warning("train.precision=bf16 but this %s has no bf16 arithmetic; expect it to be slow", device.type)
-        return Choice("bf16", "asked for")
+    if requested != "auto":
+        if requested == "bf16" and not supported:
+            log.warning("%s=bf16 but this %s has no bf16 arithmetic; expect it to be slow", setting, device.type)
+        return Choice(requested, "asked for")
     if not supported:
         return Choice("fp32", f"this {device.type} has no bf16 arithmetic")
     if model is None:
         return Choice("fp32", "no model to time bf16 with")
-    key = probe_key(model, device, f"{batch_tokens} tokens")
-    figures, where = _figures(cache, key, lambda: (measure or probe)(model, device, batch_tokens))
+    figures, where = _figures(cache, probe_key(model, device, key_work), measure)
     fp32, bf16 = figures["fp32"], figures["bf16"]
     precision = "bf16" if bf16 <= BF16_MARGIN * fp32 else "fp32"
-    why = (
-        f"timed probe: a {batch_tokens}-token training step takes {fp32 * 1000:.0f} ms in fp32, "
-        f"{bf16 * 1000:.0f} ms in bf16 ({where})"
-    )
+    why = f"timed probe: {work} takes {fp32 * 1000:.0f} ms in fp32, {bf16 * 1000:.0f} ms in bf16 ({where})"
     return Choice(precision, why)
+
+
+def _best_time(run: Callable[[], object], reps: int, device: torch.device) -> float:
+    """Seconds `run` takes, the best of `reps` after one warm-up call."""
+    times = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
 
 
 def probe(model: torch.nn.Module, device: torch.device, batch_tokens: int, reps: int = 3) -> dict[str, float]:
@@ -98,23 +127,17 @@ def _probe(model, device, batch_tokens, reps, make_batch, precisions=("fp32", "b
     rows = max(1, batch_tokens // length)
     ids = torch.randint(4, model.vocab_size, (2, rows, length - 1), generator=g).tolist()
     batch = make_batch(ids[0], ids[1]).to(device)
-    out = {}
-    for precision in precisions:
-        times = []
-        for _ in range(reps + 1):
-            start = time.perf_counter()
-            with autocast_for(precision, device):
-                features = net.features(batch)
-            loss, _ = net.loss(batch, label_smoothing=0.1, features=features, products=product_dtype(precision))
-            (loss / batch.ntokens).backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            optimizer.zero_grad(set_to_none=True)
-        out[precision] = min(times[1:])
-    return out
+
+    def step(precision: str) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(precision, device):
+            features = net.features(batch)
+        loss, _ = net.loss(batch, label_smoothing=0.1, features=features, products=product_dtype(precision))
+        (loss / batch.ntokens).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+
+    return {precision: _best_time(partial(step, precision), reps, device) for precision in precisions}
 
 
 @dataclass
@@ -281,22 +304,11 @@ def choose_decode_precision(
     auto: bf16 where the hardware has it and a timed beam search of a synthetic batch takes
     at most BF16_MARGIN of fp32's time, cached like the training probe. `measure` and
     `supported` are there to be replaced in tests."""
-    if requested not in PRECISIONS:
-        raise ConfigError(f"decode.precision={requested!r} is not allowed: choose one of {', '.join(PRECISIONS)}")
-    supported = bf16_supported(device) if supported is None else supported
-    if requested != "auto":
-        if requested == "bf16" and not supported:
-            log.warning("decode.precision=bf16 but this %s has no bf16 arithmetic; expect it to be slow", device.type)
-        return Choice(requested, "asked for")
-    if not supported:
-        return Choice("fp32", f"this {device.type} has no bf16 arithmetic")
     work = f"decoding {PROBE_SENTENCES} sentences, beam {beam}"
-    key = probe_key(model, device, work)
-    figures, where = _figures(cache, key, lambda: (measure or probe_decoding)(model, device, beam))
-    fp32, bf16 = figures["fp32"], figures["bf16"]
-    precision = "bf16" if bf16 <= BF16_MARGIN * fp32 else "fp32"
-    why = f"timed probe: {work} takes {fp32 * 1000:.0f} ms in fp32, {bf16 * 1000:.0f} ms in bf16 ({where})"
-    return Choice(precision, why)
+    return _choose(
+        "decode.precision", requested, device, model, supported=supported, cache=cache, work=work, key_work=work,
+        measure=lambda: (measure or probe_decoding)(model, device, beam),
+    )  # fmt: skip
 
 
 def probe_decoding(model: torch.nn.Module, device: torch.device, beam: int, reps: int = 3) -> dict[str, float]:
@@ -309,19 +321,13 @@ def probe_decoding(model: torch.nn.Module, device: torch.device, beam: int, reps
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, model.vocab_size, (PROBE_SENTENCES, PROBE_LENGTH), generator=g).tolist()
     batch = make_batch(ids).to(device)
-    out = {}
-    for precision in ("fp32", "bf16"):
-        times = []
-        for _ in range(reps + 1):
-            start = time.perf_counter()
-            with decoding_precision(precision, device):
-                beam_search(model, batch.src, batch.src_lengths, beam_size=beam, length_penalty_alpha=1.0,
-                            max_len_a=1.0, max_len_b=0)  # fmt: skip
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        out[precision] = min(times[1:])
-    return out
+
+    def search(precision: str) -> None:
+        with decoding_precision(precision, device):
+            beam_search(model, batch.src, batch.src_lengths, beam_size=beam, length_penalty_alpha=1.0,
+                        max_len_a=1.0, max_len_b=0)  # fmt: skip
+
+    return {precision: _best_time(partial(search, precision), reps, device) for precision in ("fp32", "bf16")}
 
 
 @contextmanager

@@ -93,7 +93,7 @@ class Translator:
         self.precision, self.precision_reason = choice.precision, choice.reason
         if cfg.precision != "fp32":
             log.info("decoding in %s (decode.precision=%s: %s)", choice.precision, cfg.precision, choice.reason)
-        self.search([[min(4 + i, self.model.vocab_size - 1) for i in range(3)]])  # first calls: see Seq2Seq.warm_up
+        self.model.warm_up(context=decoding_precision(self.precision, self.device))
 
     @classmethod
     def load(cls, path: str, *, beam: int = DecodeConfig.beam_size, device: str = "auto", **decode) -> Translator:
