@@ -111,7 +111,7 @@ class Seq2Seq(nn.Module):
         the uninterrupted one (README, "Resume")."""
         if self._warmed_up == "backward" or (self._warmed_up == "forward" and not backward):
             return
-        device = self.output_weight.device
+        device = next(self.parameters()).device  # (an int8 decoder has no output_weight)
         ids = [min(4 + i, self.vocab_size - 1) for i in range(3)]
         batch = make_batch([ids, ids[:2]], [ids[:2], ids]).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), context or nullcontext():
