@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import translate.gru
 from translate.attention import SCORES, make_attention
 from translate.batching import make_batch, token_batches
 from translate.config import ModelConfig
@@ -217,12 +218,16 @@ def test_the_warm_up_runs_the_kernels_and_leaves_model_gradients_and_random_stat
     calls: list[int] = []
     forward = torch.nn.GRU.forward
     monkeypatch.setattr(torch.nn.GRU, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    trained: list[int] = []
+    layer = translate.gru._GRULayer.apply
+    monkeypatch.setattr(translate.gru._GRULayer, "apply", lambda *a: trained.append(1) or layer(*a))
     model.warm_up(backward=backward)
-    assert len(calls) >= 2  # the encoder's and the decoder's recurrences ran (on a copy)
+    assert len(calls) >= 2  # inference's recurrences ran: the encoder's and the decoder's
+    assert len(trained) == (0 if not backward else 3 if decoder == "fused" else 2)  # and training's, on a copy
     ran = len(calls)
     model.warm_up(backward=backward)
     model.warm_up()  # a forward warm-up after either is nothing new either
-    assert len(calls) == ran  # once per model
+    assert len(calls) == ran and len(trained) == (3 if decoder == "fused" else 2) * backward  # once per model
     assert torch.equal(torch.get_rng_state(), rng)  # dropout drew from a forked generator
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training

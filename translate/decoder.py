@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from translate.attention import Attention, Memory
+from translate.gru import gru, use_training_gru
 
 
 @dataclass
@@ -120,7 +121,10 @@ class FusedDecoder(Decoder):
 
     def features(self, tgt_in: torch.Tensor, state: DecoderState, memory: Memory) -> torch.Tensor:
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
+        if use_training_gru(self.rnn):
+            states, _ = gru(self.rnn, emb, state.hidden)  # (B, T, H)
+        else:
+            states, _ = self.rnn(emb, state.hidden)  # (B, T, H), one fused call
         context, _ = self.attention(states, memory)  # (B, T, C)
         return self.dropout(self._attentional(states, context))
 

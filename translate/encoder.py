@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from translate.gru import gru, use_training_gru
+
 
 class Encoder(nn.Module):
     """Embeds source ids and runs a bi-GRU over the real (unpadded) positions only.
@@ -52,9 +54,12 @@ class Encoder(nn.Module):
         backward state at the first token.
         """
         x = self.dropout(self.embed(src))  # (B, S, E)
-        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, h = self.rnn(packed)  # h (2L, B, H)
-        annotations, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        if use_training_gru(self.rnn):
+            annotations, h = gru(self.rnn, x, lengths=src_lengths)  # h (2L, B, H)
+        else:
+            packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, h = self.rnn(packed)  # h (2L, B, H)
+            annotations, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         if self.self_attention is not None:
             padding = torch.arange(src.size(1), device=src.device)[None, :] >= src_lengths.to(src.device)[:, None]
             mixed, _ = self.self_attention(annotations, annotations, annotations, key_padding_mask=padding,

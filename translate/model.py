@@ -109,16 +109,17 @@ class Seq2Seq(nn.Module):
         process took another code path in about 1 process in 5 and rounded differently, so
         identical trainings ended with different weights and a resumed run did not reproduce
         the uninterrupted one (README, "Resume")."""
-        if self._warmed_up == "backward" or (self._warmed_up == "forward" and not backward):
+        run_backward = backward and self._warmed_up != "backward"
+        if self._warmed_up and not run_backward:
             return
         device = next(self.parameters()).device  # (an int8 decoder has no output_weight)
         ids = [min(4 + i, self.vocab_size - 1) for i in range(3)]
         batch = make_batch([ids, ids[:2]], [ids[:2], ids]).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), context or nullcontext():
-            if backward:
+            if run_backward:  # training's recurrences (translate/gru.py), on a copy
                 net = copy.deepcopy(self).train()
                 net.loss(batch, features=net.features(batch), products=products)[0].backward()
-            else:
+            if not self._warmed_up:  # inference's (nn.GRU): validation decodes with this model
                 with torch.inference_mode():
                     memory, state = self.encode(batch.src, batch.src_lengths)
                     self.decode_step(batch.tgt_in[:, 0], state, memory)

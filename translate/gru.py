@@ -1,0 +1,186 @@
+"""The GRU recurrence for training, with a backward pass that makes its weight gradients
+in one matrix product per layer and direction instead of one per time step.
+
+``nn.GRU`` on a CPU runs PyTorch's per-time-step kernel, and autograd records each step's
+operations: the backward pass then makes a small weight-gradient product and a weight-gradient
+addition per step, and under bf16 autocast casts the recurrent weights again at every step
+(README, "Where a bf16 training step goes"). Here a time step is what it has to be, one
+(B x H) by (H x 3H) product and a handful of elementwise operations on the cached rows of
+that step, forward and back; every product that does not lie on the recurrence runs once
+over all T x B rows: the input projection before the loop, the weight, bias and input
+gradients after it.
+
+The gates are PyTorch's (``nn.GRU``'s documentation; Cho et al. 2014), over the same
+parameters, so a model trains with this and decodes with ``nn.GRU``:
+
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h
+
+Padding (a batch's sentences of different lengths) is a mask: at a padded step the state is
+carried unchanged, so the forward direction ends at each sentence's last token and the
+backward direction starts at it, exactly as over a packed sequence. With bf16 products the
+state, the gates and every sum stay fp32; only the matrix products' inputs are bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def use_training_gru(rnn: nn.GRU) -> bool:
+    """Whether `rnn` runs here: in training, with gradients. Inference (validation, search)
+    runs ``nn.GRU`` itself, whose packed sequences keep a translation independent of its batch."""
+    return rnn.training and torch.is_grad_enabled()
+
+
+def products_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where bf16 autocast is on for `device` (the learner's bf16 precision), else fp32."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def gru(
+    rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rnn``'s recurrence over a padded batch, for training.
+
+    x (B, T, I) batch-first, h0 (L*D, B, H) or None (zeros), lengths (B,) or None (every
+    position real) -> outputs (B, T, D*H), zero at padded positions, and final states
+    (L*D, B, H), each sentence's at its last real token (D = 2 where ``rnn`` is bidirectional).
+    The products run in bf16 where bf16 autocast is on, else in fp32."""
+    if not (rnn.batch_first and rnn.bias and rnn.proj_size == 0):
+        raise ValueError("translate.gru.gru runs a batch-first nn.GRU with biases and no projection")
+    products = products_dtype(x.device)
+    directions = 2 if rnn.bidirectional else 1
+    batch, steps = x.size(0), x.size(1)
+    mask = None
+    if lengths is not None:  # (T, B, 1): 1 at a real position, 0 at padding
+        mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(-1).float()
+    if h0 is None:
+        h0 = x.new_zeros(rnn.num_layers * directions, batch, rnn.hidden_size, dtype=torch.float32)
+    layer_input = x.transpose(0, 1).float()  # (T, B, I): time-major inside
+    finals = []
+    with torch.autocast(x.device.type, enabled=False):
+        for layer in range(rnn.num_layers):
+            if layer > 0 and rnn.dropout > 0:
+                layer_input = F.dropout(layer_input, rnn.dropout, training=rnn.training)
+            outs = []
+            for d in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                weights = [getattr(rnn, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                out, final = _GRULayer.apply(layer_input, h0[layer * directions + d], mask, *weights, bool(d), products)
+                outs.append(out)
+                finals.append(final)
+            layer_input = torch.cat(outs, dim=-1) if directions == 2 else outs[0]
+    out = layer_input if mask is None else layer_input * mask
+    return out.transpose(0, 1), torch.stack(finals)
+
+
+class _GRULayer(torch.autograd.Function):
+    """One layer, one direction, time-major: x (T, B, I), h0 (B, H), mask (T, B, 1) or None."""
+
+    @staticmethod
+    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh, reverse: bool, products: torch.dtype):
+        steps, batch, _ = x.shape
+        hidden = w_hh.size(1)
+        wi, wh = w_ih.to(products), w_hh.to(products)
+        # the input projection of every step at once, with both biases of r and z folded in
+        bias = torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
+        gi = torch.addmm(bias.to(products), x.reshape(steps * batch, -1).to(products), wi.t())
+        gi = gi.view(steps, batch, 3 * hidden)
+        rz = x.new_empty(steps, batch, 2 * hidden)  # sigmoid gates r, z
+        ghn = x.new_empty(steps, batch, hidden)  # W_hn h + b_hn
+        n = x.new_empty(steps, batch, hidden)
+        hs = x.new_empty(steps, batch, hidden)  # the state after each step
+        hs_p = x.new_empty(steps, batch, hidden, dtype=products)  # the same, as product input
+        h, h_p = h0.float(), h0.to(products)
+        partial = _partial_steps(mask, steps)
+        for t in _order(steps, reverse):
+            gh = (h_p @ wh.t()).float()  # (B, 3H): the step's one product
+            torch.add(gh[:, 2 * hidden :], b_hh[2 * hidden :], out=ghn[t])
+            torch.sigmoid(gh[:, : 2 * hidden].add_(gi[t, :, : 2 * hidden]), out=rz[t])
+            r, z = rz[t, :, :hidden], rz[t, :, hidden:]
+            torch.tanh(torch.addcmul(gi[t, :, 2 * hidden :], r, ghn[t]), out=n[t])
+            if partial[t]:
+                torch.lerp(h, torch.lerp(n[t], h, z), mask[t], out=hs[t])  # padded rows keep h
+            else:
+                torch.lerp(n[t], h, z, out=hs[t])  # (1 - z) n + z h
+            h = hs[t]
+            hs_p[t].copy_(h)
+            h_p = hs_p[t]
+        ctx.save_for_backward(x, h0, mask, w_ih, w_hh, hs)
+        ctx.stash = rz, ghn, n, hs_p
+        ctx.reverse, ctx.products = reverse, products
+        return hs, h.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_hs, d_final):
+        x, h0, mask, w_ih, w_hh, hs = ctx.saved_tensors
+        rz, ghn, n, hs_p = ctx.stash
+        ctx.stash = None
+        products, reverse = ctx.products, ctx.reverse
+        steps, batch, hidden = hs.shape
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        # each step's gate gradients are its state gradient dh times these factors, made for
+        # all steps at once: d/d(r, z, n pre-activations) of h' = (1 - z) n + z h
+        factors = x.new_empty(steps, batch, 3, hidden)
+        f_r, f_z, f_n = factors.unbind(2)
+        one_minus_z = 1 - z
+        dn = torch.addcmul(one_minus_z, one_minus_z, n * n, value=-1)  # (1 - z)(1 - n^2)
+        torch.mul(dn, r, out=f_n)
+        torch.mul(f_n, torch.addcmul(ghn, ghn, r, value=-1), out=f_r)  # dn r (1 - r) (W_hn h + b_hn)
+        torch.mul(_shift(hs, h0.float(), reverse).sub_(n), z * one_minus_z, out=f_z)  # (h - n) z (1 - z)
+        d_gh = x.new_empty(steps, batch, 3 * hidden, dtype=products)  # d (W_h h + b_h)
+        d_through = x.new_empty(steps, batch, hidden)  # dh where it enters the step's update
+        wh = w_hh.to(products)
+        dh = d_final.float() if d_final is not None else x.new_zeros(batch, hidden)
+        partial = _partial_steps(mask, steps)
+        for t in reversed(_order(steps, reverse)):
+            through = d_through[t]
+            torch.add(dh, d_hs[t], out=through) if d_hs is not None else through.copy_(dh)
+            if partial[t]:
+                carried = through * (1 - mask[t])  # a padded row passes dh by unchanged
+                through.mul_(mask[t])
+                dh = torch.addcmul(carried, through, z[t])
+            else:
+                dh = through * z[t]
+            torch.mul(factors[t], through.unsqueeze(1), out=d_gh[t].view(batch, 3, hidden))
+            dh += d_gh[t] @ wh
+        # d (W_i x + b_i): as d_gh for r and z, its own for n
+        d_gin = (d_through * dn).to(products).view(steps * batch, hidden)
+        d_gh = d_gh.view(steps * batch, 3 * hidden)
+        d_girz = d_gh[:, : 2 * hidden]
+        x_p = x.reshape(steps * batch, -1).to(products)
+        h_prev = _shift(hs_p, h0.to(products), reverse).view(steps * batch, hidden)  # the state each step read
+        d_w_hh = (d_gh.t() @ h_prev).float()
+        d_w_ih = torch.cat([d_girz.t() @ x_p, d_gin.t() @ x_p]).float()
+        w_i = w_ih.to(products)
+        d_x = torch.addmm(d_girz @ w_i[: 2 * hidden], d_gin, w_i[2 * hidden :]).float().view_as(x)
+        d_b_hh = d_gh.sum(0).float()  # (a sum over bf16 accumulates in fp32)
+        d_b_ih = torch.cat([d_b_hh[: 2 * hidden], d_gin.sum(0).float()])
+        return d_x, dh.to(h0.dtype), None, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None, None
+
+
+def _order(steps: int, reverse: bool) -> list[int]:
+    return list(range(steps - 1, -1, -1) if reverse else range(steps))
+
+
+def _partial_steps(mask: torch.Tensor | None, steps: int) -> list[bool]:
+    """Which time steps have a padded row (decided once, on the host)."""
+    if mask is None:
+        return [False] * steps
+    return (mask.squeeze(-1) < 1).any(dim=1).tolist()
+
+
+def _shift(hs: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """The state before each step: h0, then hs shifted by one step in the direction of time."""
+    if reverse:
+        return torch.cat([hs[1:], h0.unsqueeze(0)])
+    return torch.cat([h0.unsqueeze(0), hs[:-1]])
