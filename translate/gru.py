@@ -128,33 +128,32 @@ class _GRULayer(torch.autograd.Function):
         products, reverse = ctx.products, ctx.reverse
         steps, batch, hidden = hs.shape
         r, z = rz[..., :hidden], rz[..., hidden:]
-        # each step's gate gradients are its state gradient dh times these factors, made for
-        # all steps at once: d/d(r, z, n pre-activations) of h' = (1 - z) n + z h
-        factors = x.new_empty(steps, batch, 3, hidden)
-        f_r, f_z, f_n = factors.unbind(2)
-        one_minus_z = 1 - z
-        dn = torch.addcmul(one_minus_z, one_minus_z, n * n, value=-1)  # (1 - z)(1 - n^2)
-        torch.mul(dn, r, out=f_n)
-        torch.mul(f_n, torch.addcmul(ghn, ghn, r, value=-1), out=f_r)  # dn r (1 - r) (W_hn h + b_hn)
-        torch.mul(_shift(hs, h0.float(), reverse).sub_(n), z * one_minus_z, out=f_z)  # (h - n) z (1 - z)
+        start = h0.float()
         d_gh = x.new_empty(steps, batch, 3 * hidden, dtype=products)  # d (W_h h + b_h)
-        d_through = x.new_empty(steps, batch, hidden)  # dh where it enters the step's update
+        d_gin = x.new_empty(steps, batch, hidden, dtype=products)  # d (W_in x + b_in)
         wh = w_hh.to(products)
         dh = d_final.float() if d_final is not None else x.new_zeros(batch, hidden)
         partial = _partial_steps(mask, steps)
-        for t in reversed(_order(steps, reverse)):
-            through = d_through[t]
-            torch.add(dh, d_hs[t], out=through) if d_hs is not None else through.copy_(dh)
+        order = _order(steps, reverse)
+        for i in range(steps - 1, -1, -1):
+            t = order[i]
+            h_prev = hs[order[i - 1]] if i else start
+            through = dh + d_hs[t] if d_hs is not None else dh  # dh where it enters the step's update
             if partial[t]:
                 carried = through * (1 - mask[t])  # a padded row passes dh by unchanged
-                through.mul_(mask[t])
-                dh = torch.addcmul(carried, through, z[t])
-            else:
-                dh = through * z[t]
-            torch.mul(factors[t], through.unsqueeze(1), out=d_gh[t].view(batch, 3, hidden))
+                through = through * mask[t]
+            # the gate gradients: d h' / d (r, z, n pre-activations) of h' = (1 - z) n + z h, times dh
+            one_minus_z = 1 - z[t]
+            d_n = torch.addcmul(one_minus_z, one_minus_z, n[t] * n[t], value=-1).mul_(through)  # (1 - z)(1 - n^2) dh
+            d_gin[t].copy_(d_n)
+            d_n.mul_(r[t])
+            d_gh[t, :, 2 * hidden :].copy_(d_n)  # ... r
+            torch.mul(d_n, torch.addcmul(ghn[t], ghn[t], r[t], value=-1), out=d_gh[t, :, :hidden])  # ... (1 - r) gh_n
+            torch.mul((h_prev - n[t]).mul_(through), one_minus_z.mul_(z[t]), out=d_gh[t, :, hidden : 2 * hidden])
+            dh = through * z[t] if not partial[t] else torch.addcmul(carried, through, z[t])
             dh += d_gh[t] @ wh
         # d (W_i x + b_i): as d_gh for r and z, its own for n
-        d_gin = (d_through * dn).to(products).view(steps * batch, hidden)
+        d_gin = d_gin.view(steps * batch, hidden)
         d_gh = d_gh.view(steps * batch, 3 * hidden)
         d_girz = d_gh[:, : 2 * hidden]
         x_p = x.reshape(steps * batch, -1).to(products)

@@ -202,7 +202,7 @@ def probe_threads(model: torch.nn.Module, candidates: list[int], batch_tokens: i
     return out
 
 
-PROBE_VERSION = 2  # what the probe times; 2: the output layer's products in bf16 under bf16
+PROBE_VERSION = 3  # what the probe times; 2: the output layer's products in bf16 under bf16; 3: translate.gru
 
 
 def probe_key(model: torch.nn.Module, device: torch.device, work: str) -> str:
