@@ -104,13 +104,17 @@ def test_the_probe_times_both_precisions_and_leaves_the_model_and_random_state_a
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_training_flushes_subnormal_floats_to_zero():
+def test_training_and_its_probe_flush_subnormal_floats_to_zero():
     try:
         torch.set_flush_denormal(False)
         tiny = torch.tensor([1e-39])  # below fp32's smallest normal number (1.2e-38)
         assert float(tiny * 2) > 0
         Learner(tiny_model(40), TrainConfig(precision="fp32"), device=CPU)
         assert float(tiny * 2) == 0  # as zero: no slow subnormal arithmetic in training
+        torch.set_flush_denormal(False)
+        tiny = torch.tensor([1e-39])
+        probe(tiny_model(40), CPU, batch_tokens=200, reps=1)
+        assert float(tiny * 2) == 0  # the probe times the step as the learner runs it
     finally:
         torch.set_flush_denormal(False)
 

@@ -59,9 +59,11 @@ def gru(
     products = products_dtype(x.device)
     directions = 2 if rnn.bidirectional else 1
     batch, steps = x.size(0), x.size(1)
-    mask = None
+    mask, partial = None, [False] * steps  # partial[t]: step t has a padded row (known once, on the host)
     if lengths is not None:  # (T, B, 1): 1 at a real position, 0 at padding
         mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(-1).float()
+        shortest = int(lengths.min())
+        partial = [t >= shortest for t in range(steps)]
     if h0 is None:
         h0 = x.new_zeros(rnn.num_layers * directions, batch, rnn.hidden_size, dtype=torch.float32)
     layer_input = x.transpose(0, 1).float()  # (T, B, I): time-major inside
@@ -74,7 +76,9 @@ def gru(
             for d in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
                 weights = [getattr(rnn, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                out, final = _GRULayer.apply(layer_input, h0[layer * directions + d], mask, *weights, bool(d), products)
+                out, final = _GRULayer.apply(
+                    layer_input, h0[layer * directions + d], mask, *weights, bool(d), partial, products
+                )
                 outs.append(out)
                 finals.append(final)
             layer_input = torch.cat(outs, dim=-1) if directions == 2 else outs[0]
@@ -83,16 +87,18 @@ def gru(
 
 
 class _GRULayer(torch.autograd.Function):
-    """One layer, one direction, time-major: x (T, B, I), h0 (B, H), mask (T, B, 1) or None."""
+    """One layer, one direction, time-major: x (T, B, I), h0 (B, H), mask (T, B, 1) or None;
+    partial[t]: whether step t has a padded row (then its update is masked)."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh, reverse: bool, products: torch.dtype):
+    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh, reverse: bool, partial: list[bool], products: torch.dtype):
         steps, batch, _ = x.shape
         hidden = w_hh.size(1)
         wi, wh = w_ih.to(products), w_hh.to(products)
         # the input projection of every step at once, with both biases of r and z folded in
         bias = torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
-        gi = torch.addmm(bias.to(products), x.reshape(steps * batch, -1).to(products), wi.t())
+        x_p = x.reshape(steps * batch, -1).to(products)
+        gi = torch.addmm(bias.to(products), x_p, wi.t())
         gi = gi.view(steps, batch, 3 * hidden)
         rz = x.new_empty(steps, batch, 2 * hidden)  # sigmoid gates r, z
         ghn = x.new_empty(steps, batch, hidden)  # W_hn h + b_hn
@@ -100,7 +106,6 @@ class _GRULayer(torch.autograd.Function):
         hs = x.new_empty(steps, batch, hidden)  # the state after each step
         hs_p = x.new_empty(steps, batch, hidden, dtype=products)  # the same, as product input
         h, h_p = h0.float(), h0.to(products)
-        partial = _partial_steps(mask, steps)
         for t in _order(steps, reverse):
             gh = (h_p @ wh.t()).float()  # (B, 3H): the step's one product
             torch.add(gh[:, 2 * hidden :], b_hh[2 * hidden :], out=ghn[t])
@@ -114,26 +119,24 @@ class _GRULayer(torch.autograd.Function):
             h = hs[t]
             hs_p[t].copy_(h)
             h_p = hs_p[t]
-        ctx.save_for_backward(x, h0, mask, w_ih, w_hh, hs)
-        ctx.stash = rz, ghn, n, hs_p
-        ctx.reverse, ctx.products = reverse, products
+        ctx.save_for_backward(h0, mask, hs)
+        ctx.stash = rz, ghn, n, hs_p, x_p, wi, wh  # the products' operands, cast once
+        ctx.x_shape, ctx.reverse, ctx.partial, ctx.products = x.shape, reverse, partial, products
         return hs, h.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_final):
-        x, h0, mask, w_ih, w_hh, hs = ctx.saved_tensors
-        rz, ghn, n, hs_p = ctx.stash
+        h0, mask, hs = ctx.saved_tensors
+        rz, ghn, n, hs_p, x_p, wi, wh = ctx.stash
         ctx.stash = None
-        products, reverse = ctx.products, ctx.reverse
+        products, reverse, partial = ctx.products, ctx.reverse, ctx.partial
         steps, batch, hidden = hs.shape
         r, z = rz[..., :hidden], rz[..., hidden:]
         start = h0.float()
-        d_gh = x.new_empty(steps, batch, 3 * hidden, dtype=products)  # d (W_h h + b_h)
-        d_gin = x.new_empty(steps, batch, hidden, dtype=products)  # d (W_in x + b_in)
-        wh = w_hh.to(products)
-        dh = d_final.float() if d_final is not None else x.new_zeros(batch, hidden)
-        partial = _partial_steps(mask, steps)
+        d_gh = hs.new_empty(steps, batch, 3 * hidden, dtype=products)  # d (W_h h + b_h)
+        d_gin = hs.new_empty(steps, batch, hidden, dtype=products)  # d (W_in x + b_in)
+        dh = d_final.float() if d_final is not None else hs.new_zeros(batch, hidden)
         order = _order(steps, reverse)
         for i in range(steps - 1, -1, -1):
             t = order[i]
@@ -156,26 +159,17 @@ class _GRULayer(torch.autograd.Function):
         d_gin = d_gin.view(steps * batch, hidden)
         d_gh = d_gh.view(steps * batch, 3 * hidden)
         d_girz = d_gh[:, : 2 * hidden]
-        x_p = x.reshape(steps * batch, -1).to(products)
         h_prev = _shift(hs_p, h0.to(products), reverse).view(steps * batch, hidden)  # the state each step read
         d_w_hh = (d_gh.t() @ h_prev).float()
         d_w_ih = torch.cat([d_girz.t() @ x_p, d_gin.t() @ x_p]).float()
-        w_i = w_ih.to(products)
-        d_x = torch.addmm(d_girz @ w_i[: 2 * hidden], d_gin, w_i[2 * hidden :]).float().view_as(x)
+        d_x = torch.addmm(d_girz @ wi[: 2 * hidden], d_gin, wi[2 * hidden :]).float().view(ctx.x_shape)
         d_b_hh = d_gh.sum(0).float()  # (a sum over bf16 accumulates in fp32)
         d_b_ih = torch.cat([d_b_hh[: 2 * hidden], d_gin.sum(0).float()])
-        return d_x, dh.to(h0.dtype), None, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None, None
+        return d_x, dh.to(h0.dtype), None, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None, None, None
 
 
 def _order(steps: int, reverse: bool) -> list[int]:
     return list(range(steps - 1, -1, -1) if reverse else range(steps))
-
-
-def _partial_steps(mask: torch.Tensor | None, steps: int) -> list[bool]:
-    """Which time steps have a padded row (decided once, on the host)."""
-    if mask is None:
-        return [False] * steps
-    return (mask.squeeze(-1) < 1).any(dim=1).tolist()
 
 
 def _shift(hs: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:

@@ -17,7 +17,7 @@ from translate.batching import Batch
 from translate.config import TrainConfig
 from translate.distributed import SINGLE, Group, wrap
 from translate.model import Seq2Seq
-from translate.precision import Choice, autocast_for, choose_precision, product_dtype
+from translate.precision import Choice, autocast_for, choose_precision, flush_subnormals, product_dtype
 
 
 class NoTrainingState(RuntimeError):
@@ -48,9 +48,7 @@ class Learner:
         precision: Choice | None = None,
     ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        # subnormal floats (below 1.2e-38) as zero: the gates' small gradients produced them and
-        # fp32 steps slowed down by up to half at times (README, "The training GRU")
-        torch.set_flush_denormal(True)
+        flush_subnormals()
         self.net = wrap(model, group)  # model.features, under DDP when distributed
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.peak_lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay

@@ -99,9 +99,10 @@ class Seq2Seq(nn.Module):
     def warm_up(self, *, backward: bool = False, context: AbstractContextManager | None = None,
                 products: torch.dtype = torch.float32) -> None:  # fmt: skip
         """Spend this process's first call of the model's kernels on throwaway data: a
-        two-sentence batch through the encoder and one decoding step (`backward`: a training
-        step's forward and backward, on a copy), under `context` (the precision's autocast or
-        decoding setting) with the output layer's `products`, the random state put back.
+        two-sentence batch through the encoder and one decoding step (inference's ``nn.GRU``),
+        and with `backward` also a training step's forward and backward on a copy (training's
+        recurrence, translate/gru.py), under `context` (the precision's autocast or decoding
+        setting) with the output layer's `products`, the random state put back.
         Once per model: a model warmed already (the learner's, when validation decodes with
         it) is left alone.
 
