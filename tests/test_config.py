@@ -22,7 +22,8 @@ from translate.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
-    dropout_for_budget,
+    for_budget,
+    model_for_budget,
     register_configs,
     to_config,
 )
@@ -123,21 +124,48 @@ def test_the_learning_rate_default_follows_the_direction_unless_set():
             compose_config([bad])
 
 
-def test_the_dropout_default_follows_the_time_budget():
-    by_budget = compose_config([]).train.dropout_by_budget
-    assert dropout_for_budget(by_budget, 35) == 0.2  # below every entry: the default
-    assert dropout_for_budget(by_budget, 45) == dropout_for_budget(by_budget, 60) == 0.4  # {"45": 0.4}
-    assert dropout_for_budget(by_budget, None) == 0.4  # no time limit: the longest budget's entry
+def test_the_dropout_and_embedding_defaults_follow_the_time_budget():
+    train = compose_config([]).train
+    by_budget = train.dropout_by_budget
+    assert for_budget(by_budget, 35, 0.2) == 0.2  # below every entry: the default
+    assert for_budget(by_budget, 45, 0.2) == for_budget(by_budget, 60, 0.2) == 0.5  # {"45": 0.5}
+    assert for_budget(by_budget, None, 0.2) == 0.5  # no time limit: the longest budget's entry
+    assert [for_budget(train.emb_dim_by_budget, m, 256) for m in (35, 60, None)] == [256, 512, 512]
     longer = compose_config(["+train.dropout_by_budget.90=0.4", "train.dropout_by_budget.45=0.35"])
-    assert [dropout_for_budget(longer.train.dropout_by_budget, m) for m in (10, 60, 120)] == [0.2, 0.35, 0.4]
+    assert [for_budget(longer.train.dropout_by_budget, m, 0.2) for m in (10, 60, 120)] == [0.2, 0.35, 0.4]
     assert compose_config(["train.max_time=60"]).model.dropout is None  # decided by the train command, which
     assert compose_config(["model.dropout=0.1"]).model.dropout == 0.1  # knows whether it resumes a run
-    with pytest.raises(ConfigError, match="dropout_by_budget"):
-        compose_config(["+train.dropout_by_budget.long=0.4"])
-    with pytest.raises(ConfigError, match="dropout_by_budget"):
-        compose_config(["train.dropout_by_budget.45=1.5"])
-    unresolved = ModelConfig()  # built directly, without a run: the default rate
+    assert compose_config(["train.max_time=60"]).model.emb_dim is None
+    for bad in ("+train.dropout_by_budget.long=0.4", "train.dropout_by_budget.45=1.5"):
+        with pytest.raises(ConfigError, match="dropout_by_budget"):
+            compose_config([bad])
+    for bad in ("+train.emb_dim_by_budget.long=512", "train.emb_dim_by_budget.45=0"):
+        with pytest.raises(ConfigError, match="emb_dim_by_budget"):
+            compose_config([bad])
+    unresolved = ModelConfig()  # built directly, without a run: the defaults
     assert unresolved.dropout is None and unresolved.dropout_rate == 0.2
+    assert unresolved.emb_dim is None and unresolved.emb_size == 256
+
+
+@pytest.mark.parametrize(
+    ("overrides", "dropout", "emb_dim", "why"),
+    [
+        (["train.max_time=35"], 0.2, 256, "train.dropout_by_budget for a 35-minute budget"),
+        (["train.max_time=60"], 0.5, 512, "train.dropout_by_budget for a 60-minute budget"),
+        ([], 0.5, 512, "train.dropout_by_budget for no time limit"),
+        (["train.max_time=60", "model.dropout=0.3", "model.emb_dim=128"], 0.3, 128, "model.dropout"),
+    ],
+)
+def test_the_train_command_decides_an_unset_dropout_and_embedding_size(overrides, dropout, emb_dim, why):
+    cfg = compose_config(overrides)
+    model, decided_by = model_for_budget(cfg.model, cfg.train)
+    assert (model.dropout, model.emb_dim, decided_by["dropout"]) == (dropout, emb_dim, why)
+    assert decided_by["emb_dim"] == why.replace("dropout", "emb_dim")
+    # a resumed run keeps what it was built with, whatever the budget says now
+    model, decided_by = model_for_budget(cfg.model, cfg.train, resumed={"dropout": 0.25, "emb_dim": 64})
+    set_here = any(o.startswith("model.dropout") for o in overrides)
+    assert (model.dropout, model.emb_dim) == ((dropout, emb_dim) if set_here else (0.25, 64))
+    assert decided_by["emb_dim"] == ("model.emb_dim" if set_here else "the resumed run's")
 
 
 def test_overlays_change_what_they_pin():
@@ -150,6 +178,11 @@ def test_overlays_change_what_they_pin():
     assert cfg.run_dir == "runs/multi30k.de-en"
     tiny = compose_config(["debug=tiny"])
     assert tiny.model.enc_hidden < Config().model.enc_hidden and tiny.train.max_steps is not None
+    # the study has a step budget and no time limit: it pins the model it was measured with rather than
+    # taking the no-time-limit entries of the per-budget tables
+    study = compose_config(["experiment=attention_study"])
+    assert study.train.max_time is None
+    assert model_for_budget(study.model, study.train)[0] == replace(study.model, emb_dim=256, dropout=0.2)
 
 
 def test_bench_settings_are_not_part_of_a_training_run():

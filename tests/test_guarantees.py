@@ -228,13 +228,14 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_naming_the_first(tm
 
 
 @pytest.mark.slow
-def test_an_unset_dropout_comes_from_the_budget_and_a_resumed_run_keeps_its_own(tmp_path):
+def test_an_unset_dropout_and_embedding_size_come_from_the_budget_and_a_resumed_run_keeps_its_own(tmp_path):
     corpus = write_text_corpus(
         tmp_path / "corpus",
         {"train": reversal_pairs(300, 51), "val": reversal_pairs(20, 52), "test": reversal_pairs(20, 53)},
     )
     args = [*REVERSAL_OVERRIDES, f"data.path={corpus}", "model.dropout=null", "train.valid_every=5", "train.average=0"]
-    args.append("train.precision=fp32")  # no timed probe: this test is about the dropout
+    args += ["model.emb_dim=null", "train.emb_dim_by_budget.45=24"]  # 256 below 45 minutes, 24 from 45 on
+    args.append("train.precision=fp32")  # no timed probe: this test is about the model's settings
 
     def train(*more: str) -> str:
         result = run_cli("train", *args, *more, cwd=tmp_path, timeout=300)
@@ -246,15 +247,18 @@ def test_an_unset_dropout_comes_from_the_budget_and_a_resumed_run_keeps_its_own(
 
     log = train("run_dir=short", "train.max_time=30", "train.max_steps=5")
     assert "dropout 0.2 (train.dropout_by_budget for a 30-minute budget)" in log
-    assert last("short")["model_config"]["dropout"] == 0.2
+    assert "embeddings 256 (train.emb_dim_by_budget for a 30-minute budget)" in log
+    assert last("short")["model_config"]["dropout"] == 0.2 and last("short")["model_config"]["emb_dim"] == 256
     log = train("run_dir=long", "train.max_time=60", "train.max_steps=5")
-    assert "dropout 0.4 (train.dropout_by_budget for a 60-minute budget)" in log
-    assert last("long")["model_config"]["dropout"] == 0.4
+    assert "dropout 0.5 (train.dropout_by_budget for a 60-minute budget)" in log
+    assert "embeddings 24 (train.emb_dim_by_budget for a 60-minute budget)" in log
+    assert last("long")["model_config"]["dropout"] == 0.5 and last("long")["model_config"]["emb_dim"] == 24
     # opened again with a shorter budget (a key a resumption may change): the model is rebuilt with the
-    # run's own dropout, not the new budget's (the finished run then says it is complete)
+    # run's own dropout and embedding size, not the new budget's (the finished run then says it is complete)
     log = train("run_dir=long", "train.max_time=30", "train.max_steps=10")
-    assert "resuming the run from step 5" in log and "dropout 0.4 (the resumed run's)" in log
-    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.4
+    assert "resuming the run from step 5" in log and "dropout 0.5 (the resumed run's)" in log
+    assert "embeddings 24 (the resumed run's)" in log
+    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.5
 
 
 # ---- corpora that cannot train ----------------------------------------------------------------

@@ -37,11 +37,17 @@ from typing import Any
 
 import torch
 
-from translate.config import BenchRunConfig
+from translate.config import BenchRunConfig, ModelConfig, model_for_budget
 from translate.data import Split, load_split
 from translate.schedule import lr_at
 
 log = logging.getLogger(__name__)
+
+
+def bench_model(cfg: BenchRunConfig) -> ModelConfig:
+    """The model the throughput figures time: the one the time-to-BLEU runs train, its dropout and
+    embedding size decided for bench.budget_minutes as the train command decides them."""
+    return model_for_budget(cfg.model, replace(cfg.train, max_time=cfg.bench.budget_minutes))[0]
 
 
 def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
@@ -52,7 +58,7 @@ def _throughput_worker(cfg: BenchRunConfig, variant: str, queue) -> None:
 
     torch.manual_seed(cfg.train.seed)
     tokenizer, examples = prepare(cfg.data, progress=False)
-    model = Seq2Seq(replace(cfg.model, decoder=variant), tokenizer.vocab_size)
+    model = Seq2Seq(replace(bench_model(cfg), decoder=variant), tokenizer.vocab_size)
     use_threads(cfg.train.threads, model, batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
     learner = Learner(model, cfg.train, device=torch.device("cpu"))
     lr = lr_at(cfg.train, cfg.train.warmup + 1, 0.1)  # a mid-run learning rate
@@ -342,7 +348,7 @@ def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {"batch_tokens": cfg.train.batch_tokens, "precision": cfg.train.precision, "quick": cfg.bench.quick}
-    fig: dict[str, Any] = {"machine": machine(), "config": {"model": asdict(cfg.model), **settings}}
+    fig: dict[str, Any] = {"machine": machine(), "config": {"model": asdict(bench_model(cfg)), **settings}}
     phases = [throughput_figures, time_to_bleu_figures, lambda c, f: decoding_figures(c, f, overrides), peer_figures]
     for phase in phases:
         phase(cfg, fig)

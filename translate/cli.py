@@ -25,7 +25,7 @@ from translate.config import (
     ConfigError,
     DecodeConfig,
     ModelConfig,
-    dropout_for_budget,
+    model_for_budget,
     register_configs,
     to_config,
 )
@@ -124,7 +124,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, target=cfg.train.bpe_dropout_target)
-            model_cfg, dropout_from = _model_config(cfg, run.resume_model_config)
+            model_cfg, decided_by = model_for_budget(cfg.model, cfg.train, resumed=run.resume_model_config)
             model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
             threads = _threads(cfg, model, device, group.world_size, probe)
@@ -136,7 +136,7 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                 sync()
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
             _log_setup(
-                cfg, model_cfg, dropout_from, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size,
+                cfg, model_cfg, decided_by, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size,
                 learner=learner, processes=group.world_size, threads=threads,
             )  # fmt: skip
             if record is not None and group.is_main:
@@ -178,23 +178,10 @@ def _threads(cfg: Config, model, device: torch.device, processes: int, probe: di
     return use_threads(cfg.train.threads, model, **probe)
 
 
-def _model_config(cfg: Config, resumed: dict[str, Any] | None) -> tuple[ModelConfig, str]:
-    """cfg.model with its dropout decided, and why: as set; else the resumed run's own (a
-    longer budget on resumption changes nothing); else train.dropout_by_budget's."""
-    if cfg.model.dropout is not None:
-        return cfg.model, "model.dropout"
-    if resumed is not None and resumed.get("dropout") is not None:
-        return replace(cfg.model, dropout=resumed["dropout"]), "the resumed run's"
-    t = cfg.train
-    dropout = dropout_for_budget(t.dropout_by_budget, t.max_time)
-    budget = f"a {t.max_time:g}-minute budget" if t.max_time else "no time limit"
-    return replace(cfg.model, dropout=dropout), f"train.dropout_by_budget for {budget}"
-
-
 def _log_setup(
     cfg: Config,
     m: ModelConfig,
-    dropout_from: str,
+    decided_by: dict[str, str],
     *,
     model_parameters: int,
     vocab: int,
@@ -202,13 +189,14 @@ def _log_setup(
     processes: int,
     threads: str,
 ) -> None:
-    """The first lines of a run: model (`m`, its dropout decided), hardware and precision, budget."""
+    """The first lines of a run: model (`m`, its dropout and embedding size decided, `decided_by` says
+    how), hardware and precision, budget."""
     t = cfg.train
     log.info(
-        "model: %s decoder, %s attention%s, %d parameters (embeddings %d, encoder %d, decoder %d), vocabulary %d, "
-        "dropout %g (%s)",
+        "model: %s decoder, %s attention%s, %d parameters (embeddings %d (%s), encoder %d, decoder %d), "
+        "vocabulary %d, dropout %g (%s)",
         m.decoder, m.attention, " and encoder self-attention" if m.encoder_self_attention else "", model_parameters,
-        m.emb_dim, m.enc_hidden, m.dec_hidden, vocab, m.dropout_rate, dropout_from,
+        m.emb_size, decided_by["emb_dim"], m.enc_hidden, m.dec_hidden, vocab, m.dropout_rate, decided_by["dropout"],
     )  # fmt: skip
     from translate.precision import cpu_features, cpu_name
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant", "plateau")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -103,6 +103,7 @@ class DataConfig(_Checked):
 
 
 DEFAULT_DROPOUT = 0.2  # where model.dropout is unset and train.dropout_by_budget names no budget that fits
+DEFAULT_EMB_DIM = 256  # where model.emb_dim is unset and train.emb_dim_by_budget names no budget that fits
 
 
 def is_direction(key: str) -> bool:
@@ -111,7 +112,7 @@ def is_direction(key: str) -> bool:
 
 
 def budget_minutes(key: str) -> float | None:
-    """A train.dropout_by_budget key ("45": a budget of 45 minutes or more) as minutes; None if it is not one."""
+    """A key of the per-budget tables ("45": a budget of 45 minutes or more) as minutes; None if it is not one."""
     try:
         minutes = float(key)
     except (TypeError, ValueError):
@@ -119,12 +120,13 @@ def budget_minutes(key: str) -> float | None:
     return minutes if math.isfinite(minutes) and minutes >= 0 else None
 
 
-def dropout_for_budget(by_budget: dict[str, float], max_time: float | None) -> float:
-    """The dropout of a run of `max_time` minutes: the entry of the longest budget that fits
-    (<= max_time; with no time limit, the longest of all), else DEFAULT_DROPOUT."""
-    entries = [(float(minutes), p) for minutes, p in by_budget.items()]  # keys checked by TrainConfig
-    fitting = [(minutes, p) for minutes, p in entries if max_time is None or minutes <= max_time]
-    return max(fitting)[1] if fitting else DEFAULT_DROPOUT
+def for_budget(by_budget: dict[str, Any], max_time: float | None, default: Any) -> Any:
+    """The value of a per-budget table (train.dropout_by_budget, train.emb_dim_by_budget) for a run
+    of `max_time` minutes: the entry of the longest budget that fits (<= max_time; with no time
+    limit, the longest of all), else `default`."""
+    entries = [(float(minutes), value) for minutes, value in by_budget.items()]  # keys checked by TrainConfig
+    fitting = [(minutes, value) for minutes, value in entries if max_time is None or minutes <= max_time]
+    return max(fitting)[1] if fitting else default
 
 
 @dataclass
@@ -133,7 +135,7 @@ class ModelConfig(_Checked):
 
     section: ClassVar[str] = "model"
 
-    emb_dim: int = 256
+    emb_dim: int | None = None  # null: train.emb_dim_by_budget picks it from the time budget (train command)
     enc_hidden: int = 512  # per direction; annotations are 2 * enc_hidden wide
     dec_hidden: int = 512
     enc_layers: int = 1
@@ -151,8 +153,9 @@ class ModelConfig(_Checked):
         from translate.attention import SCORES, check_dims
         from translate.decoder import VARIANTS
 
-        for name in ("emb_dim", "enc_hidden", "dec_hidden", "enc_layers", "dec_layers", "attn_dim", "heads"):
+        for name in ("enc_hidden", "dec_hidden", "enc_layers", "dec_layers", "attn_dim", "heads"):
             self._at_least(name, 1)
+        self._at_least("emb_dim", 1, optional=True)
         self._fraction("dropout", closed=False, optional=True)
         self._choice("decoder", VARIANTS)
         self._choice("attention", tuple(SCORES))
@@ -165,6 +168,35 @@ class ModelConfig(_Checked):
     def dropout_rate(self) -> float:
         """model.dropout as set or resolved from the time budget (the train command), else the default."""
         return DEFAULT_DROPOUT if self.dropout is None else self.dropout
+
+    @property
+    def emb_size(self) -> int:
+        """model.emb_dim as set or resolved from the time budget (the train command), else the default."""
+        return DEFAULT_EMB_DIM if self.emb_dim is None else self.emb_dim
+
+
+def model_for_budget(
+    model: ModelConfig, train: TrainConfig, *, resumed: dict[str, Any] | None = None
+) -> tuple[ModelConfig, dict[str, str]]:
+    """`model` with its dropout and embedding size decided for train.max_time, and why, per key:
+    as set; else the resumed run's own (`resumed`, its stored model config: a longer budget on
+    resumption changes nothing); else the budget's entry in train.dropout_by_budget /
+    train.emb_dim_by_budget (:func:`for_budget`)."""
+    budget = f"a {train.max_time:g}-minute budget" if train.max_time else "no time limit"
+    tables = {
+        "dropout": (train.dropout_by_budget, DEFAULT_DROPOUT),
+        "emb_dim": (train.emb_dim_by_budget, DEFAULT_EMB_DIM),
+    }
+    decided, why = {}, {}
+    for key, (table, default) in tables.items():
+        if getattr(model, key) is not None:
+            why[key] = f"model.{key}"
+        elif resumed is not None and resumed.get(key) is not None:
+            decided[key], why[key] = resumed[key], "the resumed run's"
+        else:
+            decided[key] = for_budget(table, train.max_time, default)
+            why[key] = f"train.{key}_by_budget for {budget}"
+    return replace(model, **decided), why
 
 
 DEFAULT_WARMUP = 100  # steps of linear warm-up, where train.warmup_by_direction names no other
@@ -187,9 +219,11 @@ class TrainConfig(_Checked):
     warmup_steps: int | None = None  # null: warmup_by_direction's entry for the run's direction, else 100
     # measured per direction on Multi30k (README, Results): de-en learned slowly after a 100-step warm-up
     warmup_by_direction: dict[str, int] = field(default_factory=lambda: {"de-en": 400})
-    # model.dropout unset: see dropout_for_budget. Measured on Multi30k (README, Results): 0.2 overfits in
-    # 60 minutes, 0.3 is worse in 35, 0.4 beat 0.3 on validation in 60 on two machine kinds
-    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.4})
+    # model.dropout and model.emb_dim unset: see for_budget. Measured on Multi30k (README, Results): dropout
+    # 0.2 overfits in 60 minutes, 0.3 is worse in 35, 0.4 beat 0.3 on validation in 60 on two machine kinds;
+    # in 60, embeddings 512 at dropout 0.5 beat 256 at 0.4 (two seeds), and 512 at 0.4 overfit
+    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.5})
+    emb_dim_by_budget: dict[str, int] = field(default_factory=lambda: {"45": 512})
     schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
     min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
     plateau_factor: float = 0.5
@@ -252,7 +286,12 @@ class TrainConfig(_Checked):
         )
         for minutes, p in self.dropout_by_budget.items():
             if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
-                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.4}")
+                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.5}")
+        for minutes, size in self.emb_dim_by_budget.items():
+            if budget_minutes(minutes) is None or not (
+                isinstance(size, int) and not isinstance(size, bool) and size >= 1
+            ):
+                self._fail("emb_dim_by_budget", "entries MINUTES: embedding size >= 1, e.g. {'45': 512}")
         for name in ("adam_beta1", "adam_beta2", "label_smoothing", "bpe_dropout"):
             self._fraction(name, closed=False)
         self._fraction("min_lr_ratio", closed=True)
@@ -377,8 +416,8 @@ def to_config(dcfg) -> Config:
     Hydra rejects a misspelled key on its own; a key added with ``+key=value`` would
     otherwise be dropped without a word. Choices and ranges are checked by the
     dataclasses' ``__post_init__`` as the objects are built. An unset warm-up and learning
-    rate are resolved here from the direction; an unset dropout stays null until the train command knows the
-    run (a resumed run keeps its own, :func:`translate.cli.train`).
+    rate are resolved here from the direction; an unset dropout and embedding size stay null until the train
+    command knows the run (a resumed run keeps its own, :func:`translate.cli.train`).
     """
     from dataclasses import fields, is_dataclass
 

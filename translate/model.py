@@ -41,8 +41,8 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self._warmed_up = ""  # "", "forward" or "backward": see warm_up
-        tgt_embed = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
-        src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=PAD)
+        tgt_embed = nn.Embedding(vocab_size, cfg.emb_size, padding_idx=PAD)
+        src_embed = tgt_embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.emb_size, padding_idx=PAD)
         self.encoder = Encoder(
             src_embed,
             hidden=cfg.enc_hidden,
