@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from translate.attention import SCORES
+from translate.checkpoint import _changed
 from translate.cli import CONF_DIR, _flatten, run_identity
 from translate.config import (
     BenchRunConfig,
@@ -161,11 +162,30 @@ def test_the_train_command_decides_an_unset_dropout_and_embedding_size(overrides
     model, decided_by = model_for_budget(cfg.model, cfg.train)
     assert (model.dropout, model.emb_dim, decided_by["dropout"]) == (dropout, emb_dim, why)
     assert decided_by["emb_dim"] == why.replace("dropout", "emb_dim")
-    # a resumed run keeps what it was built with, whatever the budget says now
-    model, decided_by = model_for_budget(cfg.model, cfg.train, resumed={"dropout": 0.25, "emb_dim": 64})
-    set_here = any(o.startswith("model.dropout") for o in overrides)
-    assert (model.dropout, model.emb_dim) == ((dropout, emb_dim) if set_here else (0.25, 64))
-    assert decided_by["emb_dim"] == ("model.emb_dim" if set_here else "the resumed run's")
+    # a resumed run keeps what it was built with, whatever the budget says now; set otherwise here: refused
+    resumed = {"dropout": 0.25, "emb_dim": 64}
+    if any(o.startswith("model.dropout") for o in overrides):
+        with pytest.raises(ConfigError, match="the run being resumed was built with"):
+            model_for_budget(cfg.model, cfg.train, resumed=resumed)
+        return
+    model, decided_by = model_for_budget(cfg.model, cfg.train, resumed=resumed)
+    assert (model.dropout, model.emb_dim, decided_by["emb_dim"]) == (0.25, 64, "the resumed run's")
+
+
+def test_a_resumption_is_not_refused_for_an_unset_or_budget_decided_setting_but_is_for_a_contrary_one():
+    made = run_identity(compose_config(["train.max_time=60"]))
+    # a run made before a default changed: its identity recorded the embedding size and the tables
+    older = {**made, "model.emb_dim": 256, "train.dropout_by_budget.45": 0.4}
+    assert "model.emb_dim" not in made and "model.dropout" not in made
+    assert not any(k.startswith(("train.dropout_by_budget", "train.emb_dim_by_budget")) for k in made)
+    assert _changed(older, made) == []
+    assert _changed(older, {**made, "model.emb_dim": 512}) == ["model.emb_dim"]
+    assert _changed(older, {**made, "train.lr": 1.0}) == ["train.lr"]
+    cfg = compose_config(["train.max_time=60", "model.emb_dim=512"])
+    with pytest.raises(ConfigError, match=r"model.emb_dim=512, but the run being resumed was built with 256"):
+        model_for_budget(cfg.model, cfg.train, resumed={"emb_dim": 256, "dropout": 0.4})
+    same = model_for_budget(cfg.model, cfg.train, resumed={"emb_dim": 512, "dropout": 0.4})[0]
+    assert (same.emb_dim, same.dropout) == (512, 0.4)
 
 
 def test_overlays_change_what_they_pin():

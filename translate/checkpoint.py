@@ -280,8 +280,10 @@ class RunFolder:
 
 
 def _changed(previous: dict[str, Any], identity: dict[str, Any]) -> list[str]:
-    """Keys whose values differ; a key the earlier run did not record (an older translate) is not compared."""
-    return sorted(k for k in set(previous) | set(identity) if k in previous and previous[k] != identity.get(k))
+    """Keys whose values differ. A key only one side records is not compared: one the earlier run
+    did not record (an older translate), or one this configuration leaves out (a setting left
+    unset, which a resumed run takes from its own last.pt; a key translate no longer has)."""
+    return sorted(k for k in set(previous) & set(identity) if previous[k] != identity[k])
 
 
 def _remove_leftovers(folder: Path) -> None:

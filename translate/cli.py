@@ -62,10 +62,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# keys only a new run reads: a resumed run takes the settings they decide from its last.pt (model_for_budget)
+DECIDED_AT_START = ("train.dropout_by_budget.", "train.emb_dim_by_budget.")
+UNSET_DECIDED = {"model.dropout", "model.emb_dim"}  # left unset, a resumed run keeps its own
+
+
 def run_identity(cfg: Config) -> dict[str, Any]:
-    """The configuration that defines a run, as plain data (decode settings excluded)."""
+    """The configuration that defines a run, as plain data: decode settings, the keys a resumption
+    may change, the per-budget tables and an unset dropout or embedding size left out (a resumed run
+    keeps the dropout and embedding size it was built with; one set differently is refused by
+    model_for_budget)."""
     flat = _flatten(asdict(cfg))
-    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS and not k.startswith("decode.")}
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in RESUMABLE_KEYS
+        and not k.startswith(("decode.", *DECIDED_AT_START))
+        and not (k in UNSET_DECIDED and v is None)
+    }
 
 
 def setup_torch(cfg: Config) -> torch.device:

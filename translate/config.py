@@ -190,6 +190,11 @@ def model_for_budget(
     decided, why = {}, {}
     for key, (table, default) in tables.items():
         if getattr(model, key) is not None:
+            if resumed is not None and resumed.get(key) is not None and resumed[key] != getattr(model, key):
+                raise ConfigError(
+                    f"model.{key}={getattr(model, key)}, but the run being resumed was built with {resumed[key]}: "
+                    f"resume it without model.{key}, or choose another run_dir=... (overwrite=true replaces the run)"
+                )
             why[key] = f"model.{key}"
         elif resumed is not None and resumed.get(key) is not None:
             decided[key], why[key] = resumed[key], "the resumed run's"
