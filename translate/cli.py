@@ -21,6 +21,7 @@ import torch
 
 from translate.alignment import METHODS as ALIGNMENT_METHODS
 from translate.config import (
+    BY_BUDGET,
     Config,
     ConfigError,
     DecodeConfig,
@@ -62,9 +63,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# keys only a new run reads: a resumed run takes the settings they decide from its last.pt (model_for_budget)
-DECIDED_AT_START = ("train.dropout_by_budget.", "train.emb_dim_by_budget.")
-UNSET_DECIDED = {"model.dropout", "model.emb_dim"}  # left unset, a resumed run keeps its own
+# settings a new run decides from its budget (config.BY_BUDGET): unset, a resumed run keeps its own, and the
+# tables they come from are read by a new run only
+UNSET_DECIDED = {f"model.{key}" for key in BY_BUDGET}
+DECIDED_AT_START = tuple(f"train.{table}." for table, _ in BY_BUDGET.values())
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:

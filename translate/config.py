@@ -104,6 +104,8 @@ class DataConfig(_Checked):
 
 DEFAULT_DROPOUT = 0.2  # where model.dropout is unset and train.dropout_by_budget names no budget that fits
 DEFAULT_EMB_DIM = 256  # where model.emb_dim is unset and train.emb_dim_by_budget names no budget that fits
+# model settings that a new run decides from its time budget when unset: model key -> (train table, default)
+BY_BUDGET = {"dropout": ("dropout_by_budget", DEFAULT_DROPOUT), "emb_dim": ("emb_dim_by_budget", DEFAULT_EMB_DIM)}
 
 
 def is_direction(key: str) -> bool:
@@ -183,24 +185,21 @@ def model_for_budget(
     resumption changes nothing); else the budget's entry in train.dropout_by_budget /
     train.emb_dim_by_budget (:func:`for_budget`)."""
     budget = f"a {train.max_time:g}-minute budget" if train.max_time else "no time limit"
-    tables = {
-        "dropout": (train.dropout_by_budget, DEFAULT_DROPOUT),
-        "emb_dim": (train.emb_dim_by_budget, DEFAULT_EMB_DIM),
-    }
     decided, why = {}, {}
-    for key, (table, default) in tables.items():
-        if getattr(model, key) is not None:
-            if resumed is not None and resumed.get(key) is not None and resumed[key] != getattr(model, key):
+    for key, (table, default) in BY_BUDGET.items():
+        value, before = getattr(model, key), (resumed or {}).get(key)
+        if value is not None:
+            if before is not None and before != value:
                 raise ConfigError(
-                    f"model.{key}={getattr(model, key)}, but the run being resumed was built with {resumed[key]}: "
+                    f"model.{key}={value}, but the run being resumed was built with {before}: "
                     f"resume it without model.{key}, or choose another run_dir=... (overwrite=true replaces the run)"
                 )
             why[key] = f"model.{key}"
-        elif resumed is not None and resumed.get(key) is not None:
-            decided[key], why[key] = resumed[key], "the resumed run's"
+        elif before is not None:
+            decided[key], why[key] = before, "the resumed run's"
         else:
-            decided[key] = for_budget(table, train.max_time, default)
-            why[key] = f"train.{key}_by_budget for {budget}"
+            decided[key] = for_budget(getattr(train, table), train.max_time, default)
+            why[key] = f"train.{table} for {budget}"
     return replace(model, **decided), why
 
 
@@ -261,12 +260,14 @@ class TrainConfig(_Checked):
         """The peak learning rate: lr as set or resolved from the direction (to_config), else the default."""
         return DEFAULT_LR if self.lr is None else self.lr
 
-    def _by_direction(self, name: str, good, need: str) -> None:
-        """A per-direction table: SRC-TGT keys, numbers (not booleans) that `good` accepts."""
-        for direction, value in getattr(self, name).items():
+    def _table(self, name: str, good, need: str, *, by_budget: bool = False) -> None:
+        """A per-direction table (SRC-TGT keys) or a per-budget one (MINUTES keys) of numbers, not
+        booleans, that `good` accepts."""
+        key_ok, keys = (lambda k: budget_minutes(k) is not None, "MINUTES") if by_budget else (is_direction, "SRC-TGT")
+        for key, value in getattr(self, name).items():
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (is_direction(direction) and number and good(value)):
-                self._fail(name, f"entries SRC-TGT: {need}")
+            if not (key_ok(key) and number and good(value)):
+                self._fail(name, f"entries {keys}: {need}")
 
     def __post_init__(self) -> None:
         self._choice("schedule", SCHEDULES)
@@ -283,20 +284,13 @@ class TrainConfig(_Checked):
         self._at_least("warmup_steps", 0, optional=True)
         for name in ("weight_decay", "clip_norm", "patience", "average"):
             self._at_least(name, 0)
-        self._by_direction(
-            "warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}"
-        )
-        self._by_direction(
-            "lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}"
-        )
-        for minutes, p in self.dropout_by_budget.items():
-            if budget_minutes(minutes) is None or not (isinstance(p, (int, float)) and 0 <= p < 1):
-                self._fail("dropout_by_budget", "entries MINUTES: dropout in [0, 1), e.g. {'45': 0.5}")
-        for minutes, size in self.emb_dim_by_budget.items():
-            if budget_minutes(minutes) is None or not (
-                isinstance(size, int) and not isinstance(size, bool) and size >= 1
-            ):
-                self._fail("emb_dim_by_budget", "entries MINUTES: embedding size >= 1, e.g. {'45': 512}")
+        self._table("warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}")
+        self._table("lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}")
+        self._table("dropout_by_budget", lambda v: 0 <= v < 1, "dropout in [0, 1), e.g. {'45': 0.5}", by_budget=True)
+        self._table(
+            "emb_dim_by_budget", lambda v: isinstance(v, int) and v >= 1, "embedding size >= 1, e.g. {'45': 512}",
+            by_budget=True,
+        )  # fmt: skip
         for name in ("adam_beta1", "adam_beta2", "label_smoothing", "bpe_dropout"):
             self._fraction(name, closed=False)
         self._fraction("min_lr_ratio", closed=True)
