@@ -129,8 +129,8 @@ def test_the_dropout_and_embedding_defaults_follow_the_time_budget():
     train = compose_config([]).train
     by_budget = train.dropout_by_budget
     assert for_budget(by_budget, 35, 0.2) == 0.2  # below every entry: the default
-    assert for_budget(by_budget, 45, 0.2) == for_budget(by_budget, 60, 0.2) == 0.5  # {"45": 0.5}
-    assert for_budget(by_budget, None, 0.2) == 0.5  # no time limit: the longest budget's entry
+    assert for_budget(by_budget, 45, 0.2) == for_budget(by_budget, 60, 0.2) == 0.6  # {"45": 0.6}
+    assert for_budget(by_budget, None, 0.2) == 0.6  # no time limit: the longest budget's entry
     assert [for_budget(train.emb_dim_by_budget, m, 256) for m in (35, 60, None)] == [256, 512, 512]
     longer = compose_config(["+train.dropout_by_budget.90=0.4", "train.dropout_by_budget.45=0.35"])
     assert [for_budget(longer.train.dropout_by_budget, m, 0.2) for m in (10, 60, 120)] == [0.2, 0.35, 0.4]
@@ -152,8 +152,8 @@ def test_the_dropout_and_embedding_defaults_follow_the_time_budget():
     ("overrides", "dropout", "emb_dim", "why"),
     [
         (["train.max_time=35"], 0.2, 256, "train.dropout_by_budget for a 35-minute budget"),
-        (["train.max_time=60"], 0.5, 512, "train.dropout_by_budget for a 60-minute budget"),
-        ([], 0.5, 512, "train.dropout_by_budget for no time limit"),
+        (["train.max_time=60"], 0.6, 512, "train.dropout_by_budget for a 60-minute budget"),
+        ([], 0.6, 512, "train.dropout_by_budget for no time limit"),
         (["train.max_time=60", "model.dropout=0.3", "model.emb_dim=128"], 0.3, 128, "model.dropout"),
     ],
 )

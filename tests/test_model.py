@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import translate.gru
 from translate.attention import SCORES, make_attention
 from translate.batching import make_batch, token_batches
-from translate.config import ModelConfig
+from translate.config import ConfigError, ModelConfig
 from translate.loss import label_smoothed_loss, output_layer_loss
 from translate.model import Seq2Seq
 from translate.tokenizer import BOS, EOS, PAD
@@ -97,6 +97,25 @@ def test_encoder_output_does_not_depend_on_batch_padding(self_attention):
         b, _ = model.encoder(padded.src, padded.src_lengths)
     torch.testing.assert_close(a[0], b[0, : a.size(1)], atol=1e-6, rtol=1e-5)
     assert torch.all(b[0, a.size(1) :] == 0)
+
+
+def test_annotation_dropout_drops_what_the_decoder_reads_in_training_only():
+    plain = build("fused", "general")
+    dropped = build("fused", "general", annotation_dropout=0.5)  # same seed: the same weights
+    batch = make_batch([[4, 5, 6, 7, 8], [9, 10, 11]])
+    with torch.no_grad():
+        reference = plain.encoder(batch.src, batch.src_lengths)
+        evaluated = dropped.encoder(batch.src, batch.src_lengths)
+        for want, got in zip(reference, evaluated):
+            torch.testing.assert_close(got, want)  # inference: no dropout, the same encoder
+        torch.manual_seed(3)
+        annotations, final = dropped.train().encoder(batch.src, batch.src_lengths)
+    for want, got in zip(reference, (annotations, final)):
+        kept = got != 0
+        assert 0 < kept[want != 0].float().mean() < 1  # some, not all, entries dropped
+        torch.testing.assert_close(got[kept], 2 * want[kept])  # survivors scaled by 1 / (1 - p)
+    with pytest.raises(ConfigError, match="annotation_dropout"):
+        ModelConfig(annotation_dropout=1.0)
 
 
 def test_batch_shifts_the_target_and_counts_real_tokens():

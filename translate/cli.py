@@ -210,9 +210,10 @@ def _log_setup(
     t = cfg.train
     log.info(
         "model: %s decoder, %s attention%s, %d parameters (embeddings %d (%s), encoder %d, decoder %d), "
-        "vocabulary %d, dropout %g (%s)",
+        "vocabulary %d, dropout %g (%s)%s",
         m.decoder, m.attention, " and encoder self-attention" if m.encoder_self_attention else "", model_parameters,
         m.emb_size, decided_by["emb_dim"], m.enc_hidden, m.dec_hidden, vocab, m.dropout_rate, decided_by["dropout"],
+        f", annotation dropout {m.annotation_dropout:g}" if m.annotation_dropout else "",
     )  # fmt: skip
     from translate.precision import cpu_features, cpu_name
 

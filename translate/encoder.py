@@ -1,7 +1,9 @@
 """Bidirectional GRU encoder (Bahdanau et al. 2015, sec. 3.2) over packed sequences,
 optionally followed by one multi-head self-attention layer over its annotations
 (Vaswani et al. 2017, sec. 3.2.2; residual connection and layer norm, sec. 3.1), which
-lets every annotation read the whole sentence directly (``model.encoder_self_attention``)."""
+lets every annotation read the whole sentence directly (``model.encoder_self_attention``).
+Dropout on what the encoder hands the decoder (its annotations and final state,
+``model.annotation_dropout``) is nmtpytorch's ``dropout_ctx`` (Caglayan et al. 2017)."""
 
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ class Encoder(nn.Module):
         dropout: float,
         self_attention: bool = False,
         heads: int = 4,
+        annotation_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed = embed
         self.dropout = nn.Dropout(dropout)
+        self.annotation_dropout = nn.Dropout(annotation_dropout)
         self.rnn = nn.GRU(
             embed.embedding_dim,
             hidden,
@@ -65,4 +69,5 @@ class Encoder(nn.Module):
             mixed, _ = self.self_attention(annotations, annotations, annotations, key_padding_mask=padding,
                                            need_weights=False)  # fmt: skip
             annotations = self.norm(annotations + self.dropout(mixed)).masked_fill(padding.unsqueeze(-1), 0.0)
-        return annotations, torch.cat([h[-2], h[-1]], dim=-1)
+        final = torch.cat([h[-2], h[-1]], dim=-1)
+        return self.annotation_dropout(annotations), self.annotation_dropout(final)

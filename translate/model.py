@@ -50,6 +50,7 @@ class Seq2Seq(nn.Module):
             dropout=cfg.dropout_rate,
             self_attention=cfg.encoder_self_attention,
             heads=cfg.heads,
+            annotation_dropout=cfg.annotation_dropout,
         )
         attention = make_attention(
             cfg.attention,
