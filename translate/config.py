@@ -289,7 +289,7 @@ class TrainConfig(_Checked):
             self._at_least(name, 0)
         self._table("warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}")
         self._table("lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}")
-        self._table("dropout_by_budget", lambda v: 0 <= v < 1, "dropout in [0, 1), e.g. {'45': 0.5}", by_budget=True)
+        self._table("dropout_by_budget", lambda v: 0 <= v < 1, "dropout in [0, 1), e.g. {'45': 0.6}", by_budget=True)
         self._table(
             "emb_dim_by_budget", lambda v: isinstance(v, int) and v >= 1, "embedding size >= 1, e.g. {'45': 512}",
             by_budget=True,
