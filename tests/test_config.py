@@ -26,6 +26,7 @@ from translate.config import (
     for_budget,
     model_for_budget,
     register_configs,
+    time_to_bleu_run,
     to_config,
 )
 from translate.decoder import VARIANTS
@@ -211,6 +212,22 @@ def test_bench_settings_are_not_part_of_a_training_run():
     bench = compose_config(["schema=bench", "bench.quick=true"])
     assert isinstance(bench, BenchRunConfig) and bench.bench.quick
     assert not any(k.startswith("bench") for k in run_identity(compose_config([])))
+
+
+def test_bench_time_to_bleu_runs_are_direction_and_minutes_each_once():
+    default = compose_config(["schema=bench"]).bench.time_to_bleu
+    assert [time_to_bleu_run(e) for e in default] == [("en", "de", 35), ("de", "en", 35), ("en", "de", 60)]
+    chosen = compose_config(["schema=bench", "bench.time_to_bleu=[de-en:7.5]"]).bench.time_to_bleu
+    assert [time_to_bleu_run(e) for e in chosen] == [("de", "en", 7.5)]
+    assert compose_config(["schema=bench", "bench.time_to_bleu=[]"]).bench.time_to_bleu == []
+    for bad, need in [
+        ("[en-de]", "SRC-TGT:MINUTES"),
+        ("[en-de:0]", "MINUTES > 0"),
+        ("[ende:35]", "SRC-TGT:MINUTES"),
+        ("[en-de:35,en-de:35.0]", "each run once"),
+    ]:
+        with pytest.raises(ConfigError, match=f"bench.time_to_bleu=.*{need}"):
+            compose_config(["schema=bench", f"bench.time_to_bleu={bad}"])
 
 
 @pytest.mark.parametrize("override", ["model.hiden=3", "+train.lr_warmup=5", "data.vocab_sise=10"])

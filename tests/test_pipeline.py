@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -136,6 +138,41 @@ def test_bench_quick_writes_measured_figures(reversal_run):
 
     assert fig["machine"]["cpu"] == cpu_name() and fig["machine"]["torch"] == torch.__version__
     assert f"machine: {cpu_name()}" in result.stdout.decode()  # every table names where it was measured
+
+
+def test_bench_full_mode_trains_each_time_to_bleu_run_and_decodes_the_configured_direction(reversal_run):
+    """Full mode: one fresh training run per bench.time_to_bleu entry, at the budget it names and
+    with the command line's settings, each reported with its score, updates and best validation;
+    the decoding figures use the model of the configured direction, not the first run's."""
+    import json
+
+    result = run_cli(
+        "bench",
+        *REVERSAL_OVERRIDES,
+        f"data.path={reversal_run / 'corpus'}",
+        "run_dir=bench-full",
+        "bench.throughput_seconds=1",
+        "bench.warmup_steps=2",
+        "bench.variants=[fused]",
+        "bench.int8=false",
+        "bench.time_to_bleu=[yy-xx:0.05,xx-yy:0.1]",
+        cwd=reversal_run,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    fig = json.loads((reversal_run / "bench-full" / "bench.json").read_text())
+    for tag, folder in (("yy_xx_0.05min", "ttb0.05.yy-xx"), ("xx_yy_0.1min", "ttb0.1.xx-yy")):
+        checkpoint = reversal_run / "bench-full" / folder / "best.pt"
+        assert fig[f"ttb_{tag}_checkpoint"] == str(Path("bench-full") / folder / "best.pt")
+        ckpt = load_checkpoint(checkpoint)
+        assert ckpt["model_config"]["emb_dim"] == 64  # debug=tiny reached the run: the command line's settings
+        assert 1 <= fig[f"ttb_{tag}_best_valid_step"] <= fig[f"ttb_{tag}_updates"]
+        assert fig[f"ttb_{tag}_best_valid_bleu"] == pytest.approx(ckpt["metrics"]["valid_bleu"])
+        assert 0 <= fig[f"ttb_{tag}_bleu"] < 100.001 and 0 < fig[f"ttb_{tag}_chrf"] < 100.001  # sacreBLEU rounding
+        assert f"| ttb_{tag}_bleu |" in result.stdout.decode()
+    # the runs had their own budgets: 0.1 minutes bought more updates than 0.05
+    assert fig["ttb_xx_yy_0.1min_updates"] > fig["ttb_yy_xx_0.05min_updates"]
+    assert fig["decode_checkpoint"] == fig["ttb_xx_yy_0.1min_checkpoint"]
+    assert fig["decode_beam5_bleu"] == pytest.approx(fig["ttb_xx_yy_0.1min_bleu"])
 
 
 FAKE_PEER = {

@@ -12,7 +12,9 @@
    steady-state (model loaded and warmed up, decoding only) and as a whole `translate`
    process, with the sacreBLEU score of each.
 3. Time-to-BLEU (skipped with bench.quick=true): test2016 BLEU after a wall-clock
-   training budget, for each direction in bench.directions.
+   training budget at the defaults `train` picks for it, for each SRC-TGT:MINUTES run in
+   bench.time_to_bleu (by default en-de and de-en for 35 minutes, en-de for 60), with the
+   updates it reached and its best validation BLEU.
 4. The peer (bench.peer=joeynmt): JoeyNMT's throughput and decoding speed at the same
    model size, set up and measured by the scripts in bench.peer_kit, and our/their ratios.
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 
-from translate.config import BenchRunConfig, ModelConfig, model_for_budget
+from translate.config import BenchRunConfig, ModelConfig, model_for_budget, time_to_bleu_run
 from translate.data import Split, load_split
 from translate.schedule import lr_at
 
@@ -208,28 +210,42 @@ def model_minutes(checkpoint: Path) -> float | None:
     return float(minutes) if minutes is not None else None
 
 
-def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str) -> dict[str, Any]:
-    """Train for bench.budget_minutes (a fresh run), then beam-5 BLEU on the test split."""
-    run_dir = Path(cfg.run_dir) / f"ttb.{src}-{tgt}"
+def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str, minutes: float, own: list[str]) -> dict[str, Any]:
+    """Train for `minutes` (a fresh run at the defaults for that budget), then beam-5 BLEU on
+    the test split; with the updates the run reached and its best validation BLEU."""
+    from translate.checkpoint import load_checkpoint
+
+    run_dir = Path(cfg.run_dir) / f"ttb{minutes:g}.{src}-{tgt}"
     args = [
+        *own,
         f"data.src_lang={src}",
         f"data.tgt_lang={tgt}",
-        f"train.max_time={cfg.bench.budget_minutes}",
+        f"train.max_time={minutes}",
         f"run_dir={run_dir}",
         "overwrite=true",
         "train.max_steps=null",
     ]
     start = time.perf_counter()
     train_subprocess(cfg, args)
-    minutes = (time.perf_counter() - start) / 60
+    wall = (time.perf_counter() - start) / 60
     direction = replace(cfg, data=replace(cfg.data, src_lang=src, tgt_lang=tgt), run_dir=str(run_dir))
     result = decoding(direction, load_split(direction.data, "test"), run_dir / "best.pt", beam=5)
+    best = load_checkpoint(run_dir / "best.pt")
     return {
         "bleu": result["bleu"],
         "chrf": result["chrf"],
-        "wall_minutes": minutes,
+        "updates": load_checkpoint(run_dir / "last.pt")["step"],
+        "best_valid_bleu": best.get("metrics", {}).get("valid_bleu"),
+        "best_valid_step": best["step"],
+        "wall_minutes": wall,
         "checkpoint": str(run_dir / "best.pt"),
     }
+
+
+def training_overrides(overrides: list[str]) -> list[str]:
+    """The command line's overrides that a training run started by the benchmark takes: all but
+    the benchmark's own (bench.*, schema) and those it sets itself (run_dir, data.path)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(("bench.", "run_dir=", "schema=", "data.path="))]
 
 
 def train_subprocess(cfg: BenchRunConfig, overrides: list[str]) -> None:
@@ -344,14 +360,16 @@ def clock_seconds(text: str) -> float:
 def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
     """Measure everything the bench settings ask for, phase by phase; bench.json is
     rewritten after each, so a late failure keeps the earlier figures. `overrides` (the
-    command line's) shape the quick-mode model; time-to-BLEU runs train at the defaults."""
+    command line's) go on to the training runs it starts (time-to-BLEU, quick mode's model):
+    the defaults, unless the command line sets something else."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {"batch_tokens": cfg.train.batch_tokens, "precision": cfg.train.precision, "quick": cfg.bench.quick}
     fig: dict[str, Any] = {"machine": machine(), "config": {"model": asdict(bench_model(cfg)), **settings}}
-    phases = [throughput_figures, time_to_bleu_figures, lambda c, f: decoding_figures(c, f, overrides), peer_figures]
+    own = training_overrides(overrides)
+    phases = [throughput_figures, time_to_bleu_figures, decoding_figures, peer_figures]
     for phase in phases:
-        phase(cfg, fig)
+        phase(cfg, fig, own)
         save(fig, run_dir)
     print(describe_machine(fig["machine"]))
     print(table(fig))
@@ -383,7 +401,7 @@ def describe_machine(m: dict[str, Any]) -> str:
     return f"machine: {m['cpu']} ({features}), {m['cores']} cores, torch {m['torch']}{gpu}"
 
 
-def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
+def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> None:
     for variant in cfg.bench.variants:
         log.info("training throughput: %s decoder, %.0f s", variant, cfg.bench.throughput_seconds)
         for key, value in training_throughput(cfg, variant).items():
@@ -394,38 +412,39 @@ def throughput_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
             fig[key] = fig[f"{key}_{cfg.model.decoder}"]
 
 
-def time_to_bleu_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
+def time_to_bleu_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> None:
+    """ttb_<src>_<tgt>_<minutes>min_<figure> for each bench.time_to_bleu run (e.g.
+    ttb_en_de_60min_bleu), each saved as soon as it is measured."""
     if cfg.bench.quick:
         return
-    for direction in cfg.bench.directions:
-        src, tgt = direction.split("-")
-        log.info("time-to-BLEU %s: %.0f minutes of training", direction, cfg.bench.budget_minutes)
-        r = time_to_bleu(cfg, src, tgt)
-        suffix = "" if direction == "en-de" else f"_{src}_{tgt}"
-        fig[f"bleu_{cfg.data.test_name}{suffix}"] = r["bleu"]
-        fig[f"chrf_{cfg.data.test_name}{suffix}"] = r["chrf"]
-        fig[f"time_to_bleu{suffix}_detail"] = r
+    for entry in cfg.bench.time_to_bleu:
+        src, tgt, minutes = time_to_bleu_run(entry)  # checked by BenchConfig
+        log.info("time-to-BLEU %s-%s: %g minutes of training", src, tgt, minutes)
+        for key, value in time_to_bleu(cfg, src, tgt, minutes, own).items():
+            fig[f"ttb_{src}_{tgt}_{minutes:g}min_{key}"] = value
+        save(fig, Path(cfg.run_dir))
 
 
-def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> Path:
-    """bench.checkpoint, else the en-de time-to-BLEU model, else run_dir/best.pt, else one trained now."""
+def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> Path:
+    """bench.checkpoint, else the model of the first time-to-BLEU run in the configured direction
+    (en-de, 35 minutes, by default), else run_dir/best.pt, else one trained now."""
     b = cfg.bench
     if b.checkpoint:
         return Path(b.checkpoint)
-    ttb = fig.get("time_to_bleu_detail", {}).get("checkpoint")
+    prefix = f"ttb_{cfg.data.src_lang}_{cfg.data.tgt_lang}_"
+    ttb = next((v for k, v in fig.items() if k.startswith(prefix) and k.endswith("min_checkpoint")), None)
     checkpoint = Path(ttb) if ttb else Path(cfg.run_dir) / "best.pt"
     if checkpoint.is_file():
         return checkpoint
     log.info("no checkpoint for the decoding figures: training one for %.0f minutes", b.quick_train_minutes)
     quick_dir = Path(cfg.run_dir) / "quick"
-    own = [o for o in overrides if not o.lstrip("+~").startswith(("bench.", "run_dir=", "schema=", "data.path="))]
     budget = [f"train.max_time={b.quick_train_minutes}", "train.max_steps=null"]
     train_subprocess(cfg, [*own, f"run_dir={quick_dir}", "overwrite=true", *budget])
     return quick_dir / "best.pt"
 
 
-def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], overrides: list[str]) -> None:
-    checkpoint = decoding_checkpoint(cfg, fig, overrides)
+def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> None:
+    checkpoint = decoding_checkpoint(cfg, fig, own)
     fig["decode_checkpoint"] = str(checkpoint)
     fig["decode_model_minutes"] = model_minutes(checkpoint)
     test = load_split(cfg.data, "test")
@@ -472,7 +491,7 @@ RATIOS = (("train_tgt_tokens_per_s", "train_tgt_tokens_per_s"),) + tuple(
 )
 
 
-def peer_figures(cfg: BenchRunConfig, fig: dict[str, Any]) -> None:
+def peer_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> None:
     if not cfg.bench.peer:  # BenchConfig allows joeynmt only
         return
     log.info("peer: JoeyNMT via %s", cfg.bench.peer_kit)
