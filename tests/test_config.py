@@ -304,3 +304,25 @@ def test_the_command_line_refuses_a_bad_choice_before_reading_any_corpus(tmp_pat
     assert "no/such/corpus" not in err and "Traceback" not in err  # the corpus was never looked at
     assert not (tmp_path / "data").exists()  # nor any SentencePiece model made
     print(f"refused in {seconds:.1f} s")
+
+
+def test_early_stopping_spends_a_time_budget_whole_unless_patience_is_set():
+    from translate.schedule import EarlyStopping
+
+    def validations_until_stop(cfg: TrainConfig, limit: int = 50) -> int | None:
+        stopping = EarlyStopping()
+        stopping.update(30.0, 250, cfg)  # the best, then nothing better
+        for n in range(1, limit + 1):
+            stopping.update(29.0, 250 * (n + 1), cfg)
+            if stopping.should_stop(cfg):
+                return n
+        return None
+
+    assert validations_until_stop(TrainConfig()) == 10  # no time budget: 10 stalled validations end the run
+    assert validations_until_stop(TrainConfig(max_time=60)) is None  # a time budget runs to its end
+    assert validations_until_stop(TrainConfig(max_time=60, patience=4)) == 4  # as set, whatever the budget
+    assert validations_until_stop(TrainConfig(patience=0)) is None
+    composed = compose_config(["train.max_time=60"]).train
+    assert composed.patience is None and composed.stop_after == 0
+    with pytest.raises(ConfigError, match="train.patience"):
+        TrainConfig(patience=-1)

@@ -245,7 +245,9 @@ def _log_setup(
         t.peak_lr,
         t.warmup,
         t.valid_every,
-        f"{t.patience} validations without a gain" if t.patience else "never",
+        f"{t.stop_after} validations without a gain"
+        if t.stop_after
+        else "never" + (" (train.patience unset: the whole time budget)" if t.patience is None else ""),
     )
 
 

@@ -103,6 +103,7 @@ class DataConfig(_Checked):
 
 
 DEFAULT_DROPOUT = 0.2  # where model.dropout is unset and train.dropout_by_budget names no budget that fits
+DEFAULT_PATIENCE = 10  # early stopping where train.patience is unset and there is no time budget
 DEFAULT_EMB_DIM = 256  # where model.emb_dim is unset and train.emb_dim_by_budget names no budget that fits
 # model settings that a new run decides from its time budget when unset: model key -> (train table, default)
 BY_BUDGET = {"dropout": ("dropout_by_budget", DEFAULT_DROPOUT), "emb_dim": ("emb_dim_by_budget", DEFAULT_EMB_DIM)}
@@ -255,7 +256,9 @@ class TrainConfig(_Checked):
     valid_batch_size: int = 64  # sentences per validation decoding batch
     valid_sentences: int | None = 5000  # pairs validated during training: the split's first N (null = all)
     average: int = 5  # at the end, the mean weights of the last N validations become best.pt if better; 0 = off
-    patience: int = 10  # validations without a BLEU gain before early stopping; 0 = never
+    # validations without a BLEU gain before early stopping; 0 = never; null: 10 without a time
+    # budget, never with one (train.max_time: the schedule decays to the budget's end; see stop_after)
+    patience: int | None = None
     log_every: int = 100
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
     threads: int | None = None  # torch intra-op threads; null: torch's default or all usable cores, timed
@@ -292,8 +295,9 @@ class TrainConfig(_Checked):
         if self.lr is not None:
             self._above("lr", 0)
         self._at_least("warmup_steps", 0, optional=True)
-        for name in ("weight_decay", "clip_norm", "patience", "average"):
+        for name in ("weight_decay", "clip_norm", "average"):
             self._at_least(name, 0)
+        self._at_least("patience", 0, optional=True)
         self._table("warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}")
         self._table("lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}")
         self._table("dropout_by_budget", lambda v: 0 <= v < 1, "dropout in [0, 1), e.g. {'45': 0.6}", by_budget=True)
@@ -306,6 +310,17 @@ class TrainConfig(_Checked):
         self._fraction("min_lr_ratio", closed=True)
         if not 0 < self.plateau_factor <= 1:
             self._fail("plateau_factor", "must lie in (0, 1]")
+
+    @property
+    def stop_after(self) -> int:
+        """Validations without a BLEU gain that end the run (0: never): train.patience as set;
+        unset, never under a time budget, else 10. Under train.max_time the learning rate decays
+        over the whole budget, and a noisy validation BLEU can stall while the model still
+        learns: a 60-minute run stopped after 46 minutes with its validation loss still falling
+        (README, "Early stopping under a time budget"). best.pt is the best validation either way."""
+        if self.patience is not None:
+            return self.patience
+        return 0 if self.max_time else DEFAULT_PATIENCE
 
 
 @dataclass

@@ -61,4 +61,4 @@ class EarlyStopping:
         return False
 
     def should_stop(self, cfg: TrainConfig) -> bool:
-        return bool(cfg.patience) and self.bad_validations >= cfg.patience
+        return bool(cfg.stop_after) and self.bad_validations >= cfg.stop_after
