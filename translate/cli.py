@@ -235,7 +235,7 @@ def _log_setup(
     budget = [f"{t.max_time:g} minutes" if t.max_time else "", f"{t.max_steps} steps" if t.max_steps else ""]
     log.info(
         "budget: %s, at most %d epochs; batches of %d target tokens%s, lr %g after %d warm-up steps; "
-        "validation every %d steps; early stopping after %s",
+        "validation every %d steps; early stopping: %s",
         " or ".join(b for b in budget if b) or "no time or step limit",
         t.max_epochs,
         t.batch_tokens,
@@ -245,7 +245,7 @@ def _log_setup(
         t.peak_lr,
         t.warmup,
         t.valid_every,
-        f"{t.stop_after} validations without a gain"
+        f"after {t.stop_after} validations without a gain"
         if t.stop_after
         else "never" + (" (train.patience unset: the whole time budget)" if t.patience is None else ""),
     )
