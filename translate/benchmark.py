@@ -215,7 +215,7 @@ def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str, minutes: float, own: l
     the test split; with the updates the run reached and its best validation BLEU."""
     from translate.checkpoint import load_checkpoint
 
-    run_dir = Path(cfg.run_dir) / f"ttb{minutes:g}.{src}-{tgt}"
+    run_dir = time_to_bleu_dir(cfg, src, tgt, minutes)
     args = [
         *own,
         f"data.src_lang={src}",
@@ -240,6 +240,11 @@ def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str, minutes: float, own: l
         "wall_minutes": wall,
         "checkpoint": str(run_dir / "best.pt"),
     }
+
+
+def time_to_bleu_dir(cfg: BenchRunConfig, src: str, tgt: str, minutes: float) -> Path:
+    """Where a time-to-BLEU run trains: <run_dir>/ttb<MINUTES>.<SRC>-<TGT>."""
+    return Path(cfg.run_dir) / f"ttb{minutes:g}.{src}-{tgt}"
 
 
 def training_overrides(overrides: list[str]) -> list[str]:
@@ -425,15 +430,15 @@ def time_to_bleu_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str
         save(fig, Path(cfg.run_dir))
 
 
-def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> Path:
+def decoding_checkpoint(cfg: BenchRunConfig, own: list[str]) -> Path:
     """bench.checkpoint, else the model of the first time-to-BLEU run in the configured direction
     (en-de, 35 minutes, by default), else run_dir/best.pt, else one trained now."""
     b = cfg.bench
     if b.checkpoint:
         return Path(b.checkpoint)
-    prefix = f"ttb_{cfg.data.src_lang}_{cfg.data.tgt_lang}_"
-    ttb = next((v for k, v in fig.items() if k.startswith(prefix) and k.endswith("min_checkpoint")), None)
-    checkpoint = Path(ttb) if ttb else Path(cfg.run_dir) / "best.pt"
+    runs = [] if b.quick else [time_to_bleu_run(entry) for entry in b.time_to_bleu]
+    ours = [time_to_bleu_dir(cfg, *run) for run in runs if run[:2] == (cfg.data.src_lang, cfg.data.tgt_lang)]
+    checkpoint = ours[0] / "best.pt" if ours else Path(cfg.run_dir) / "best.pt"
     if checkpoint.is_file():
         return checkpoint
     log.info("no checkpoint for the decoding figures: training one for %.0f minutes", b.quick_train_minutes)
@@ -444,7 +449,7 @@ def decoding_checkpoint(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]
 
 
 def decoding_figures(cfg: BenchRunConfig, fig: dict[str, Any], own: list[str]) -> None:
-    checkpoint = decoding_checkpoint(cfg, fig, own)
+    checkpoint = decoding_checkpoint(cfg, own)
     fig["decode_checkpoint"] = str(checkpoint)
     fig["decode_model_minutes"] = model_minutes(checkpoint)
     test = load_split(cfg.data, "test")

@@ -116,9 +116,9 @@ def is_direction(key: str) -> bool:
 
 def time_to_bleu_run(entry: str) -> tuple[str, str, float] | None:
     """An entry of bench.time_to_bleu, SRC-TGT:MINUTES, as (src, tgt, minutes); None if it is not one."""
-    found = re.fullmatch(r"([^-\s:]+)-([^-\s:]+):([^:]+)", entry) if isinstance(entry, str) else None
-    minutes = budget_minutes(found.group(3)) if found else None
-    return (found.group(1), found.group(2), minutes) if minutes else None
+    direction, _, minutes = entry.rpartition(":") if isinstance(entry, str) else ("", "", "")
+    minutes = budget_minutes(minutes) if is_direction(direction) and ":" not in direction else None
+    return (*direction.split("-"), minutes) if minutes else None
 
 
 def budget_minutes(key: str) -> float | None:
