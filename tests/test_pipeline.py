@@ -134,10 +134,37 @@ def test_bench_quick_writes_measured_figures(reversal_run):
         assert fig["decode_beam5_bf16_process_output_identical"] is True
         assert abs(fig["decode_beam5_bf16_bleu_delta"]) < 5
     assert "| train_tgt_tokens_per_s |" in result.stdout.decode()
+    assert "| training, share of the chosen precision's peak |" in result.stdout.decode()
     from translate.precision import cpu_name
 
     assert fig["machine"]["cpu"] == cpu_name() and fig["machine"]["torch"] == torch.__version__
     assert f"machine: {cpu_name()}" in result.stdout.decode()  # every table names where it was measured
+
+
+def test_bench_headline_holds_each_measured_figure_against_its_goal():
+    from translate.benchmark import headline
+
+    fig = {
+        "ratio_train_tgt_tokens_per_s": 4.94,
+        "train_fraction_of_peak": 0.095,
+        "ratio_decode_beam5_process_sents_per_s": 6.13,
+        "ratio_decode_beam5_bf16_process_sents_per_s": 7.4,
+        "ttb_en_de_35min_bleu": 37.85,
+        "ttb_en_de_35min_updates": 6084,
+        "ttb_en_de_60min_bleu": 39.48,
+        "ttb_fr_en_10min_bleu": 20.0,
+    }
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in headline(fig).splitlines()[2:]}
+    assert rows["training tokens/s, ours / peer"].endswith("| 4.94× | ≥ 4.00× | met |")
+    assert rows["training, share of the chosen precision's peak"].endswith("| 9.5% | ≥ 60.0% | **missed** |")
+    assert rows["beam 5 fp32, whole process, sentences/s, ours / peer"].endswith("| **missed** |")
+    assert rows["beam 5 bf16, whole process, sentences/s, ours / peer"].endswith("| 7.40× | | |")  # no goal
+    assert rows["time-to-BLEU en→de, 35 minutes: test BLEU, beam 5"].endswith(
+        "| 37.85 (6084 updates) | ≥ 37.50 | met |"
+    )
+    assert rows["time-to-BLEU en→de, 60 minutes: test BLEU, beam 5"].endswith("| 39.48 | ≥ 39.50 | **missed** |")
+    assert rows["time-to-BLEU fr→en, 10 minutes: test BLEU, beam 5"].endswith("| 20.00 | | |")
+    assert len(rows) == 7  # nothing for what this run did not measure (the int8 ratios, de→en)
 
 
 def test_bench_full_mode_trains_each_time_to_bleu_run_and_decodes_the_configured_direction(reversal_run):

@@ -18,7 +18,8 @@
 4. The peer (bench.peer=joeynmt): JoeyNMT's throughput and decoding speed at the same
    model size, set up and measured by the scripts in bench.peer_kit, and our/their ratios.
 
-Figures go to stdout as a table and to <run_dir>/bench.json.
+Figures go to stdout as a table and to <run_dir>/bench.json; below the table, the headline
+figures stand against the project's goals (GOALS), each marked met or missed.
 """
 
 from __future__ import annotations
@@ -378,6 +379,7 @@ def run(cfg: BenchRunConfig, overrides: list[str] = ()) -> dict[str, Any]:
         save(fig, run_dir)
     print(describe_machine(fig["machine"]))
     print(table(fig))
+    print(headline(fig))
     print(f"figures: {run_dir / 'bench.json'}")
     return fig
 
@@ -517,6 +519,51 @@ def checkpoint_tokenizer(checkpoint: Path):
 def save(fig: dict[str, Any], run_dir: Path) -> None:
     """Write the figures so far: a later phase that fails leaves the earlier ones on disk."""
     (run_dir / "bench.json").write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# The project's goals for the benchmark's headline figures (the README's "Results"):
+# (what, figure key, goal, unit); a goal of None shows the figure without one.
+GOALS: tuple[tuple[str, str, float | None, str], ...] = (
+    ("training tokens/s, ours / peer", "ratio_train_tgt_tokens_per_s", 4.0, "x"),
+    ("training, share of the chosen precision's peak", "train_fraction_of_peak", 0.60, "%"),
+    ("training, share of the fp32 peak", "train_fraction_of_fp32_peak", None, "%"),
+    ("beam 5 fp32, whole process, sentences/s, ours / peer", "ratio_decode_beam5_process_sents_per_s", 20.0, "x"),
+    ("the same in target tokens/s", "ratio_decode_beam5_process_tgt_tokens_per_s", 20.0, "x"),
+    ("beam 5 int8, whole process, sentences/s, ours / peer", "ratio_decode_beam5_int8_process_sents_per_s", 25.0, "x"),
+    ("the same in target tokens/s", "ratio_decode_beam5_int8_process_tgt_tokens_per_s", 25.0, "x"),
+    ("beam 5 bf16, whole process, sentences/s, ours / peer", "ratio_decode_beam5_bf16_process_sents_per_s", None, "x"),
+)
+# test-split BLEU after a time-to-BLEU run of (src, tgt, minutes)
+TIME_TO_BLEU_GOALS = {("en", "de", 35.0): 37.5, ("de", "en", 35.0): 41.0, ("en", "de", 60.0): 39.5}
+
+
+def headline(fig: dict[str, Any]) -> str:
+    """The figures the project sets goals for, each against its goal: met or missed (only
+    those this run measured)."""
+    rows = ["| headline | value | goal | |", "|---|---:|---:|---|"]
+
+    def shown(value: float, unit: str) -> str:
+        return {"x": f"{value:.2f}×", "%": f"{100 * value:.1f}%", "": f"{value:.2f}"}[unit]
+
+    def row(what: str, value: float, goal: float | None, unit: str, note: str = "") -> None:
+        if goal is None:
+            rows.append(f"| {what} | {shown(value, unit)}{note} | | |")
+        else:
+            verdict = "met" if value >= goal else "**missed**"
+            rows.append(f"| {what} | {shown(value, unit)}{note} | ≥ {shown(goal, unit)} | {verdict} |")
+
+    for what, key, goal, unit in GOALS:
+        if isinstance(fig.get(key), (int, float)):
+            row(what, fig[key], goal, unit)
+    for key in sorted(fig):
+        run = re.fullmatch(r"ttb_([a-z]+)_([a-z]+)_([\d.]+)min_bleu", key)
+        if run and isinstance(fig[key], (int, float)):
+            src, tgt, minutes = run[1], run[2], float(run[3])
+            updates = fig.get(f"ttb_{src}_{tgt}_{run[3]}min_updates")
+            note = f" ({updates} updates)" if updates is not None else ""
+            goal = TIME_TO_BLEU_GOALS.get((src, tgt, minutes))
+            row(f"time-to-BLEU {src}→{tgt}, {minutes:g} minutes: test BLEU, beam 5", fig[key], goal, "", note)
+    return "\n".join(rows)
 
 
 def table(fig: dict[str, Any]) -> str:
