@@ -1,4 +1,4 @@
-"""Checkpoint averaging: the mean of the last validations' weights, kept only when it scores higher."""
+"""Checkpoint averaging and the end-of-run choice: the finalist that scores highest with the beam becomes best.pt."""
 
 from __future__ import annotations
 
@@ -61,20 +61,35 @@ def test_nothing_is_kept_when_averaging_is_off(tmp_path):
     assert snaps.steps() == [] and snaps.average() is None
 
 
-@pytest.mark.parametrize("averaged_bleu, expect_average", [(60.0, True), (40.0, False)])
-def test_the_average_becomes_best_only_if_it_validates_higher(tmp_path, monkeypatch, averaged_bleu, expect_average):
+@pytest.mark.parametrize(
+    "final_bleu, winner",
+    [
+        ((60.0, 55.0, 58.0), "best"),
+        ((50.0, 62.0, 58.0), "last"),
+        ((50.0, 55.0, 61.0), "average"),
+        ((60.0, 60.0, 60.0), "best"),  # a tie keeps the best single checkpoint
+    ],
+)
+def test_the_end_of_run_choice_makes_the_finalist_with_the_highest_beam_bleu_best(
+    tmp_path, monkeypatch, final_bleu, winner
+):
     tokenizer = reversal_tokenizer()
-    cfg = TrainConfig(average=2, valid_every=1)
+    cfg = TrainConfig(average=2, valid_every=1, final_beam=4)
     model = tiny_model(tokenizer.vocab_size)
     learner = Learner(model, cfg, device=torch.device("cpu"))
     pairs = reversal_pairs(4, seed=5)
     valid = Split([s for s, _ in pairs], [t for _, t in pairs])
     run = RunFolder.open(tmp_path / "run", {"test": 1})
     validation = Validation(learner, tokenizer, valid, cfg=cfg, run=run)
-    scores = iter([50.0, 45.0, averaged_bleu])  # step 1, step 2 (final), then the average
+    greedy = iter([50.0, 45.0])  # step 1 (the best single checkpoint), step 2 (final)
+    final = iter(final_bleu)  # then the best single checkpoint, the last weights, the average
+    scored = []
 
-    def fake_score(net):
-        return {"valid_loss": 1.0, "valid_ppl": 2.7, "valid_bleu": next(scores), "valid_chrf": 0.0}, "sig"
+    def fake_score(net, *, search=None, exact=False):
+        beam = (search or validation.search).beam_size
+        scored.append((beam, exact, {k: v.clone() for k, v in net.state_dict().items()}))
+        bleu = next(final) if exact else next(greedy)
+        return {"valid_loss": 1.0, "valid_ppl": 2.7, "valid_bleu": bleu, "valid_chrf": 0.0}, "sig"
 
     monkeypatch.setattr(validation, "_score", fake_score)
     monkeypatch.setattr(validation, "_draw_attention", lambda step: None)
@@ -86,22 +101,59 @@ def test_the_average_becomes_best_only_if_it_validates_higher(tmp_path, monkeypa
             w.add_(1.0)  # the second validation sees other weights
     p.step = 2
     validation(p, final=True)
-    best = load_checkpoint(tmp_path / "run" / "best.pt")
     run.close()
-    if expect_average:
-        assert best["averaged_steps"] == [1, 2] and best["metrics"]["valid_bleu"] == 60.0
-        assert (p.stopping.best_bleu, p.stopping.best_step) == (60.0, 2)  # what the run reports as its best
-        saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
-        assert saved["history"][-1]["averaged_steps"] == [1, 2] and saved["stopping"]["best_bleu"] == 60.0
-        first = load_checkpoint(tmp_path / "run" / "snapshots" / "step1.pt")["model"]
-        for name, w in model.state_dict().items():
-            assert torch.allclose(best["model"][name], (first[name] + w) / 2, atol=1e-6)
-    else:
-        assert "averaged_steps" not in best and best["step"] == 1
-        assert (p.stopping.best_bleu, p.stopping.best_step) == (50.0, 1)
+    # validations decode as training validates (greedy, the training precision); the finalists with
+    # train.final_beam in fp32, as translation decodes
+    assert [(beam, exact) for beam, exact, _ in scored] == [(1, False), (1, False), (4, True), (4, True), (4, True)]
+    first = load_checkpoint(tmp_path / "run" / "snapshots" / "step1.pt")["model"]
+    now = model.state_dict()
+    expected = {
+        "best": first,
+        "last": now,
+        "average": {k: (first[k] + now[k]) / 2 for k in now},
+    }
+    for (_, _, weights), name in zip(scored[2:], ("best", "last", "average")):  # each finalist scored as itself
+        assert all(torch.allclose(weights[k], expected[name][k], atol=1e-6) for k in now)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert all(torch.allclose(best["model"][k], expected[winner][k], atol=1e-6) for k in now)
+    assert best["step"] == (1 if winner == "best" else 2)
+    assert best["metrics"]["valid_bleu"] == max(final_bleu) and best["metrics"]["valid_beam"] == 4
+    assert ("averaged_steps" in best) == (winner == "average")
+    assert best["final_choice"]["chosen"].startswith(
+        {"best": "the best single", "last": "the last weights", "average": "the mean weights"}[winner]
+    )
+    assert sorted(best["final_choice"]["bleu"].values()) == sorted(final_bleu)
+    assert (p.stopping.best_bleu, p.stopping.best_step) == (max(final_bleu), best["step"])  # what the run reports
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
+    assert saved["history"][-1]["step"] == best["step"] and saved["stopping"]["best_bleu"] == max(final_bleu)
     # training state is never averaged: last.pt holds the weights training reached
     last = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(last["model"][k], v) for k, v in now.items())
+
+
+def test_no_end_of_run_choice_when_the_best_checkpoint_is_the_only_finalist(tmp_path, monkeypatch):
+    tokenizer = reversal_tokenizer()
+    cfg = TrainConfig(average=0, valid_every=1)  # no average; the best single checkpoint is the last weights
+    learner = Learner(tiny_model(tokenizer.vocab_size), cfg, device=torch.device("cpu"))
+    pairs = reversal_pairs(4, seed=5)
+    run = RunFolder.open(tmp_path / "run", {"test": 1})
+    validation = Validation(learner, tokenizer, Split([s for s, _ in pairs], [t for _, t in pairs]), cfg=cfg, run=run)
+    calls = []
+
+    def fake_score(net, *, search=None, exact=False):
+        calls.append(exact)
+        return {"valid_loss": 1.0, "valid_ppl": 2.7, "valid_bleu": 50.0 + len(calls), "valid_chrf": 0.0}, "sig"
+
+    monkeypatch.setattr(validation, "_score", fake_score)
+    monkeypatch.setattr(validation, "_draw_attention", lambda step: None)
+    p = Progress()
+    for step in (1, 2):
+        p.step = step
+        validation(p, final=step == 2)
+    run.close()
+    assert calls == [False, False]  # no finalist scored again: nothing to choose between
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["step"] == 2 and "final_choice" not in best
 
 
 def test_a_training_run_averages_its_last_validations(reversal_run):
@@ -109,8 +161,13 @@ def test_a_training_run_averages_its_last_validations(reversal_run):
     steps = sorted(int(p.stem[4:]) for p in (run / "snapshots").glob("step*.pt"))
     assert steps == [150, 300, 450]  # debug=tiny validates every 150 of its 450 steps
     log = (run / "train.log").read_text(encoding="utf-8")
-    assert "averaged weights of the last 3 validations (steps 150, 300, 450)" in log
+    assert "end-of-run choice, validation BLEU with beam 5: " in log
+    assert "the mean weights of the last 3 validations (steps 150, 300, 450): " in log
     best = load_checkpoint(run / "best.pt")
+    choice = best["final_choice"]
+    assert choice["beam"] == 5 and len(choice["bleu"]) >= 2  # the average and the best single checkpoint at least
+    assert choice["bleu"][choice["chosen"]] == max(choice["bleu"].values()) == best["metrics"]["valid_bleu"]
+    assert f"-> best.pt is {choice['chosen']}" in log
     if "averaged_steps" in best:
         snaps = [load_checkpoint(run / "snapshots" / f"step{s}.pt")["model"] for s in steps]
         for name in best["model"]:

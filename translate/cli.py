@@ -170,12 +170,13 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
         if learner is not None:
             learner.close()  # DDP's hold on the process group goes before the group does
         distributed.shutdown(group)
-    # the last record of the best step: the averaged weights', where they won
+    # the last record of the best step: the end-of-run choice's, where it ran
     best = next((h for h in reversed(progress.history) if h["step"] == progress.stopping.best_step), {})
-    averaged = best.get("averaged_steps")
+    averaged, beam = best.get("averaged_steps"), best.get("valid_beam", cfg.train.valid_beam)
     log.info(
-        "best validation BLEU %.2f at step %d%s -> %s",
+        "best validation BLEU %.2f (%s) at step %d%s -> %s",
         progress.stopping.best_bleu,
+        "greedy" if beam == 1 else f"beam {beam}",
         progress.stopping.best_step,
         f" (the mean weights of steps {', '.join(map(str, averaged))})" if averaged else "",
         Path(cfg.run_dir) / "best.pt",

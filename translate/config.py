@@ -255,7 +255,12 @@ class TrainConfig(_Checked):
     valid_beam: int = 1  # beam used for validation BLEU (1 = greedy); validation never uses decode.*
     valid_batch_size: int = 64  # sentences per validation decoding batch
     valid_sentences: int | None = 5000  # pairs validated during training: the split's first N (null = all)
-    average: int = 5  # at the end, the mean weights of the last N validations become best.pt if better; 0 = off
+    average: int = 5  # the mean weights of the last N validations: a finalist at the end of the run; 0 = off
+    # at the end of the run the finalists (the best single checkpoint, the last weights, the average) are scored
+    # again on validation with this beam, as translation decodes (decode.beam_size is 5), and the highest becomes
+    # best.pt: greedy validation BLEU picked worse finalists (README, Results: "The end-of-run choice");
+    # 1 = choose by greedy BLEU, as validation does
+    final_beam: int = 5
     # validations without a BLEU gain before early stopping; 0 = never; null: 10 without a time
     # budget, never with one (train.max_time: the schedule decays to the budget's end; see stop_after)
     patience: int | None = None
@@ -286,7 +291,7 @@ class TrainConfig(_Checked):
         self._choice("schedule", SCHEDULES)
         self._choice("precision", PRECISIONS)
         counts = ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every")
-        for name in (*counts, "valid_beam", "valid_batch_size"):
+        for name in (*counts, "valid_beam", "final_beam", "valid_batch_size"):
             self._at_least(name, 1)
         self._above("max_time", 0, optional=True)
         self._at_least("max_steps", 1, optional=True)

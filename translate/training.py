@@ -19,7 +19,8 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from translate.averaging import Snapshots
 from translate.batching import Examples
-from translate.checkpoint import RunFolder, model_payload
+from translate.checkpoint import RunFolder, load_checkpoint, model_payload
 from translate.config import DecodeConfig, TrainConfig
 from translate.data import Split
 from translate.distributed import SINGLE, Group, agree, any_of, check_in_sync, shard
@@ -319,8 +320,12 @@ class Validation:
         (p.done,) = any_of(self.group, p.done or final)
         check_in_sync(self.learner.model, self.group)
 
-    def _score(self, model: torch.nn.Module) -> tuple[dict[str, float], str]:
-        """Validation loss, perplexity, BLEU and chrF of `model`, and the BLEU signature."""
+    def _score(
+        self, model: torch.nn.Module, *, search: DecodeConfig | None = None, exact: bool = False
+    ) -> tuple[dict[str, float], str]:
+        """Validation loss, perplexity, BLEU and chrF of `model`, and the BLEU signature:
+        decoded with `search` (default: the validation's), in the training precision or,
+        `exact`, in fp32 as translation decodes by default."""
         if self._batches is None:
             self._batches = validation_batches(
                 self.tokenizer,
@@ -336,9 +341,9 @@ class Validation:
                 self.valid.src,
                 self.valid.tgt,
                 batches=self._batches,
-                search=self.search,
-                autocast=self.learner.autocast,
-                products=self.learner.products,
+                search=search or self.search,
+                autocast=nullcontext if exact else self.learner.autocast,
+                products=torch.float32 if exact else self.learner.products,
                 progress=bar.update,
             )
 
@@ -371,38 +376,52 @@ class Validation:
         self.snapshots.add(p.step, weights)
         self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
         if p.done:
-            self._average(p)
+            self._final_choice(p)
 
-    def _average(self, p: Progress) -> None:
-        """At the end of the run: validate the mean of the last validations' weights, and
-        make it best.pt if it scores higher than the best single checkpoint."""
+    def _final_choice(self, p: Progress) -> None:
+        """At the end of the run: score the finalists (the best single checkpoint, the last
+        weights, the mean of the last validations' weights) on validation again, decoded with
+        train.final_beam as translation decodes (fp32, the default length penalty), and make
+        the highest best.pt. A tie keeps the earlier finalist, the best single checkpoint first."""
+        start = time.perf_counter()
+        last = _payload(self.learner, self.tokenizer, p, with_state=False)
+        best, finalists = self.run.path / "best.pt", {}
+        if best.exists():
+            finalists[f"the best single checkpoint (step {p.stopping.best_step})"] = load_checkpoint(best)
+        if p.stopping.best_step != p.step or not finalists:
+            finalists[f"the last weights (step {p.step})"] = last
         found = self.snapshots.average()
-        if found is None:
+        if found is not None:
+            weights, steps = found
+            name = f"the mean weights of the last {len(steps)} validations (steps {', '.join(map(str, steps))})"
+            finalists[name] = {**last, "model": weights, "averaged_steps": steps}
+        if len(finalists) < 2:
             return
-        weights, steps = found
+        search = replace(self.search, beam_size=self.cfg.final_beam)
         model = copy.deepcopy(self.learner.model)
-        model.load_state_dict(weights)
-        m, _ = self._score(model)
-        better = m["valid_bleu"] > p.stopping.best_bleu
+        scores = {}
+        for name, payload in finalists.items():
+            model.load_state_dict(payload["model"])
+            scores[name], _ = self._score(model, search=search, exact=True)
+        chosen = max(scores, key=lambda name: scores[name]["valid_bleu"])  # the first of equals
+        payload = finalists[chosen]
+        elapsed = next((h["elapsed_min"] for h in p.history if h["step"] == payload["step"]), p.elapsed / 60)
+        record = {"step": payload["step"], **scores[chosen], "valid_beam": search.beam_size, "elapsed_min": elapsed}
+        if "averaged_steps" in payload:
+            record["averaged_steps"] = payload["averaged_steps"]
+        choice = {"beam": search.beam_size, "chosen": chosen, "bleu": {n: m["valid_bleu"] for n, m in scores.items()}}
+        self.run.save("best.pt", {**payload, "metrics": record, "final_choice": choice})
+        self.metrics.add("valid_final", p.step, p.elapsed / 60, **scores[chosen])
+        p.history.append(record)
+        p.stopping.best_bleu, p.stopping.best_step = record["valid_bleu"], record["step"]
+        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))  # knows it too
         log.info(
-            "averaged weights of the last %d validations (steps %s): BLEU %.2f, loss %.3f; best single checkpoint: "
-            "BLEU %.2f at step %d -> best.pt is the %s",
-            len(steps),
-            ", ".join(map(str, steps)),
-            m["valid_bleu"],
-            m["valid_loss"],
-            p.stopping.best_bleu,
-            p.stopping.best_step,
-            "average" if better else "single checkpoint",
+            "end-of-run choice, validation BLEU with beam %d: %s -> best.pt is %s (%.0f s)",
+            search.beam_size,
+            "; ".join(f"{name}: {m['valid_bleu']:.2f}" for name, m in scores.items()),
+            chosen,
+            time.perf_counter() - start,
         )
-        self.metrics.add("valid_averaged", p.step, p.elapsed / 60, **m)
-        if better:
-            record = {"step": p.step, **m, "elapsed_min": p.elapsed / 60, "averaged_steps": steps}
-            payload = {**model_payload(model, self.tokenizer), "step": p.step, "epoch": p.epoch, "metrics": record}
-            self.run.save("best.pt", {**payload, "averaged_steps": steps})
-            p.history.append(record)
-            p.stopping.best_bleu, p.stopping.best_step = m["valid_bleu"], p.step
-            self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))  # knows it too
 
     def _draw_attention(self, step: int) -> None:
         """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
