@@ -123,6 +123,7 @@ def test_the_end_of_run_choice_makes_the_finalist_with_the_highest_beam_bleu_bes
         {"best": "the best single", "last": "the last weights", "average": "the mean weights"}[winner]
     )
     assert sorted(best["final_choice"]["bleu"].values()) == sorted(final_bleu)
+    assert best["run_minutes"] == p.elapsed / 60  # the whole run's, whichever step won
     assert (p.stopping.best_bleu, p.stopping.best_step) == (max(final_bleu), best["step"])  # what the run reports
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
     assert saved["history"][-1]["step"] == best["step"] and saved["stopping"]["best_bleu"] == max(final_bleu)

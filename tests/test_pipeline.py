@@ -195,6 +195,7 @@ def test_bench_full_mode_trains_each_time_to_bleu_run_and_decodes_the_configured
         assert ckpt["model_config"]["emb_dim"] == 64  # debug=tiny reached the run: the command line's settings
         assert 1 <= fig[f"ttb_{tag}_best_valid_step"] <= fig[f"ttb_{tag}_updates"]
         assert fig[f"ttb_{tag}_best_valid_bleu"] == pytest.approx(ckpt["metrics"]["valid_bleu"])
+        assert fig[f"ttb_{tag}_best_valid_beam"] == ckpt["metrics"].get("valid_beam", 1)
         assert 0 <= fig[f"ttb_{tag}_bleu"] < 100.001 and 0 < fig[f"ttb_{tag}_chrf"] < 100.001  # sacreBLEU rounding
         assert f"| ttb_{tag}_bleu |" in result.stdout.decode()
     # the runs had their own budgets: 0.1 minutes bought more updates than 0.05
@@ -220,6 +221,20 @@ FAKE_PEER = {
         "done\n"
     ),
 }
+
+
+def test_the_minutes_behind_a_model_are_its_whole_runs_where_recorded(tmp_path):
+    """The peer trains as long as the run behind our model, not up to the step of its checkpoint."""
+    from translate.benchmark import model_minutes
+
+    tokenizer = reversal_tokenizer()
+    payload = {**model_payload(tiny_model(tokenizer.vocab_size), tokenizer), "metrics": {"elapsed_min": 33.4}}
+    save_checkpoint(tmp_path / "single.pt", payload)
+    save_checkpoint(tmp_path / "chosen.pt", {**payload, "run_minutes": 35.02})
+    save_checkpoint(tmp_path / "bare.pt", {**payload, "metrics": {}})
+    assert model_minutes(tmp_path / "chosen.pt") == 35.02  # recorded by the end-of-run choice
+    assert model_minutes(tmp_path / "single.pt") == 33.4  # an older model file: its validation's clock
+    assert model_minutes(tmp_path / "bare.pt") is None
 
 
 def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(reversal_run):

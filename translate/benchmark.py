@@ -204,10 +204,13 @@ def target_tokens(tokenizer, lines: list[str]) -> int:
 
 
 def model_minutes(checkpoint: Path) -> float | None:
-    """Minutes of training behind a translate model file (its last validation's clock)."""
+    """Minutes of training behind a translate model file: the whole run's, where the end-of-run
+    choice recorded them (a best single checkpoint from minute 33 of a 35-minute run is the
+    product of all 35), else the clock of its validation."""
     from translate.checkpoint import load_checkpoint
 
-    minutes = load_checkpoint(checkpoint).get("metrics", {}).get("elapsed_min")
+    payload = load_checkpoint(checkpoint)
+    minutes = payload.get("run_minutes", payload.get("metrics", {}).get("elapsed_min"))
     return float(minutes) if minutes is not None else None
 
 
@@ -237,6 +240,7 @@ def time_to_bleu(cfg: BenchRunConfig, src: str, tgt: str, minutes: float, own: l
         "chrf": result["chrf"],
         "updates": load_checkpoint(run_dir / "last.pt")["step"],
         "best_valid_bleu": best.get("metrics", {}).get("valid_bleu"),
+        "best_valid_beam": best.get("metrics", {}).get("valid_beam", 1),  # 5 from the end-of-run choice
         "best_valid_step": best["step"],
         "wall_minutes": wall,
         "checkpoint": str(run_dir / "best.pt"),

@@ -6,7 +6,9 @@ with the validation's own search settings), lets :class:`~translate.schedule.Ear
 judge each score, and saves through the :class:`~translate.checkpoint.RunFolder`:
 ``last.pt`` holds everything a resumed run needs (model, optimizer, RNG states, data
 position, counters, early-stopping state), ``best.pt`` the weights with the highest
-validation BLEU.
+validation BLEU. When the run ends, the finalists (the best single checkpoint, the last
+weights, the mean of the last validations' weights) are decoded again with the beam that
+translation uses, and the highest becomes ``best.pt``.
 
 Under torchrun the processes meet once per step, in :func:`translate.distributed.agree`
 (clock, skipped updates, stop requests, token counts), and once per validation.
@@ -410,7 +412,10 @@ class Validation:
         if "averaged_steps" in payload:
             record["averaged_steps"] = payload["averaged_steps"]
         choice = {"beam": search.beam_size, "chosen": chosen, "bleu": {n: m["valid_bleu"] for n, m in scores.items()}}
-        self.run.save("best.pt", {**payload, "metrics": record, "final_choice": choice})
+        # the whole run's minutes went into choosing it, whichever step it comes from (the benchmark's peer
+        # trains as long: translate.benchmark.model_minutes)
+        run_minutes = p.elapsed / 60
+        self.run.save("best.pt", {**payload, "metrics": record, "final_choice": choice, "run_minutes": run_minutes})
         self.metrics.add("valid_final", p.step, p.elapsed / 60, **scores[chosen])
         p.history.append(record)
         p.stopping.best_bleu, p.stopping.best_step = record["valid_bleu"], record["step"]
