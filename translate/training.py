@@ -378,15 +378,15 @@ class Validation:
         self.snapshots.add(p.step, weights)
         self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
         if p.done:
-            self._final_choice(p)
+            self._final_choice(p, last=weights)
 
-    def _final_choice(self, p: Progress) -> None:
+    def _final_choice(self, p: Progress, *, last: dict[str, Any]) -> None:
         """At the end of the run: score the finalists (the best single checkpoint, the last
         weights, the mean of the last validations' weights) on validation again, decoded with
         train.final_beam as translation decodes (fp32, the default length penalty), and make
-        the highest best.pt. A tie keeps the earlier finalist, the best single checkpoint first."""
+        the highest best.pt. A tie keeps the earlier finalist, the best single checkpoint first.
+        `last`: the model file of the final validation's weights."""
         start = time.perf_counter()
-        last = _payload(self.learner, self.tokenizer, p, with_state=False)
         best, finalists = self.run.path / "best.pt", {}
         if best.exists():
             finalists[f"the best single checkpoint (step {p.stopping.best_step})"] = load_checkpoint(best)
@@ -407,8 +407,8 @@ class Validation:
             scores[name], _ = self._score(model, search=search, exact=True)
         chosen = max(scores, key=lambda name: scores[name]["valid_bleu"])  # the first of equals
         payload = finalists[chosen]
-        elapsed = next((h["elapsed_min"] for h in p.history if h["step"] == payload["step"]), p.elapsed / 60)
-        record = {"step": payload["step"], **scores[chosen], "valid_beam": search.beam_size, "elapsed_min": elapsed}
+        # its step's record (step, clock) with the scores of the choice
+        record = {**payload["metrics"], "step": payload["step"], **scores[chosen], "valid_beam": search.beam_size}
         if "averaged_steps" in payload:
             record["averaged_steps"] = payload["averaged_steps"]
         choice = {"beam": search.beam_size, "chosen": chosen, "bleu": {n: m["valid_bleu"] for n, m in scores.items()}}
