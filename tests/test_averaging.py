@@ -10,7 +10,7 @@ from translate.checkpoint import RunFolder, load_checkpoint, model_payload
 from translate.config import TrainConfig
 from translate.data import Split
 from translate.learner import Learner
-from translate.training import Progress, Validation
+from translate.training import Progress, Validation, fit
 
 from .conftest import reversal_pairs, reversal_tokenizer, tiny_model
 
@@ -155,6 +155,85 @@ def test_no_end_of_run_choice_when_the_best_checkpoint_is_the_only_finalist(tmp_
     assert calls == [False, False]  # no finalist scored again: nothing to choose between
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["step"] == 2 and "final_choice" not in best
+
+
+class Killed(Exception):
+    """Stands for a process killed (SIGKILL, a lost machine) at that point."""
+
+
+@pytest.mark.parametrize("killed", ["while scoring the finalists", "between the saves of best.pt and last.pt"])
+def test_a_run_stopped_during_the_end_of_run_choice_makes_it_when_resumed(tmp_path, monkeypatch, killed):
+    tokenizer = reversal_tokenizer()
+    cfg = TrainConfig(average=2, valid_every=1, final_beam=4)
+    model = tiny_model(tokenizer.vocab_size)
+    pairs = reversal_pairs(4, seed=5)
+    valid = Split([s for s, _ in pairs], [t for _, t in pairs])
+    run = RunFolder.open(tmp_path / "run", {"test": 1})
+    validation = Validation(Learner(model, cfg, device=torch.device("cpu")), tokenizer, valid, cfg=cfg, run=run)
+    greedy = iter([50.0, 45.0])
+    final = iter([50.0, 55.0, 61.0])  # the best single checkpoint, the last weights, the mean: the mean wins
+    calls, first_process = [], [True]
+
+    def fake_score(self, net, *, search=None, exact=False):
+        calls.append(exact)
+        if exact and killed.startswith("while") and first_process[0]:
+            raise Killed
+        bleu = next(final) if exact else next(greedy)
+        return {"valid_loss": 1.0, "valid_ppl": 2.7, "valid_bleu": bleu, "valid_chrf": 0.0}, "sig"
+
+    def add(kind, step, minutes, **figures):
+        if kind == "valid_final" and killed.startswith("between"):
+            raise Killed
+
+    monkeypatch.setattr(Validation, "_score", fake_score)
+    monkeypatch.setattr(validation, "_draw_attention", lambda step: None)
+    monkeypatch.setattr(validation.metrics, "add", add)
+    p = Progress()
+    p.step = 1
+    validation(p, final=False)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(1.0)
+    p.step = 2
+    with pytest.raises(Killed):
+        validation(p, final=True)
+    run.close()
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
+    assert saved["done"] and saved["choice_pending"]  # finished, but best.pt may not be the chosen one yet
+    assert ("final_choice" in load_checkpoint(tmp_path / "run" / "best.pt")) == killed.startswith("between")
+
+    # the same command again, in a new process: a new model, restored from last.pt
+    calls.clear()
+    first_process[0] = False
+    run = RunFolder.open(tmp_path / "run", {"test": 1})
+    assert run.resume
+    learner = Learner(tiny_model(tokenizer.vocab_size), cfg, device=torch.device("cpu"))
+    p = fit(learner, tokenizer, None, valid, cfg=cfg, run=run)  # a finished run reads no training data
+    run.close()
+    # the finalists are scored once in all: on resume where the first process was killed before scoring them all
+    assert calls == ([True, True, True] if killed.startswith("while") else [])
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["final_choice"]["chosen"].startswith("the mean weights") and best["averaged_steps"] == [1, 2]
+    first = load_checkpoint(tmp_path / "run" / "snapshots" / "step1.pt")["model"]
+    now = model.state_dict()
+    assert all(torch.allclose(best["model"][k], (first[k] + now[k]) / 2, atol=1e-6) for k in now)
+    assert (p.stopping.best_bleu, p.stopping.best_step, p.done) == (61.0, 2, True)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["progress"]
+    assert not saved["choice_pending"] and saved["stopping"]["best_bleu"] == 61.0
+    assert saved["history"][-1]["valid_beam"] == 4
+    # a third start finds nothing left to do
+    calls.clear()
+    run = RunFolder.open(tmp_path / "run", {"test": 1})
+    fit(
+        Learner(tiny_model(tokenizer.vocab_size), cfg, device=torch.device("cpu")),
+        tokenizer,
+        None,
+        valid,
+        cfg=cfg,
+        run=run,
+    )
+    run.close()
+    assert calls == [] and load_checkpoint(tmp_path / "run" / "best.pt")["final_choice"] == best["final_choice"]
 
 
 def test_a_training_run_averages_its_last_validations(reversal_run):

@@ -107,6 +107,7 @@ class Progress:
     skipped_in_row: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
+    choice_pending: bool = False  # done, the end-of-run choice not yet made: a resume makes it
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Progress:
@@ -138,6 +139,12 @@ def fit(
         log.info(
             "resumed from %s at step %d (epoch %d), in %s as before", run.last, p.step, p.epoch + 1, learner.precision
         )
+        if p.done and p.choice_pending and group.is_main:  # stopped while choosing best.pt: choose now
+            log.warning(
+                "the run in %s stopped during its end-of-run choice of best.pt: making the choice now", run.path
+            )
+            metrics = MetricsLog(run.path, enabled=True)
+            Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group, metrics=metrics).resume_choice(p)
         if p.done:
             log.warning(
                 "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
@@ -376,17 +383,17 @@ class Validation:
         if improved:
             self.run.save("best.pt", weights)
         self.snapshots.add(p.step, weights)
+        finalists = self._finalists(p, last=weights) if p.done else {}
+        # last.pt says whether a choice is still to be made, so a process stopped during it makes it on resume
+        p.choice_pending = len(finalists) > 1
         self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
-        if p.done:
-            self._final_choice(p, last=weights)
+        if p.choice_pending:
+            self._final_choice(p, finalists)
 
-    def _final_choice(self, p: Progress, *, last: dict[str, Any]) -> None:
-        """At the end of the run: score the finalists (the best single checkpoint, the last
-        weights, the mean of the last validations' weights) on validation again, decoded with
-        train.final_beam as translation decodes (fp32, the default length penalty), and make
-        the highest best.pt. A tie keeps the earlier finalist, the best single checkpoint first.
-        `last`: the model file of the final validation's weights."""
-        start = time.perf_counter()
+    def _finalists(self, p: Progress, *, last: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The candidates for best.pt at the end of the run, by name: the best single checkpoint,
+        the last weights (`last`, the final validation's model file) where they differ, and the
+        mean of the last validations' weights."""
         best, finalists = self.run.path / "best.pt", {}
         if best.exists():
             finalists[f"the best single checkpoint (step {p.stopping.best_step})"] = load_checkpoint(best)
@@ -397,8 +404,25 @@ class Validation:
             weights, steps = found
             name = f"the mean weights of the last {len(steps)} validations (steps {', '.join(map(str, steps))})"
             finalists[name] = {**last, "model": weights, "averaged_steps": steps}
-        if len(finalists) < 2:
+        return finalists
+
+    def resume_choice(self, p: Progress) -> None:
+        """Make the end-of-run choice of a run whose process stopped during it (`p` restored from
+        last.pt, the learner holding the last weights). If best.pt already holds the choice (the
+        process stopped between the two saves), only last.pt learns it."""
+        best = self.run.path / "best.pt"
+        made = load_checkpoint(best) if best.exists() else {}
+        if "final_choice" in made:
+            self._record_choice(p, made["metrics"])
             return
+        self._final_choice(p, self._finalists(p, last=_payload(self.learner, self.tokenizer, p, with_state=False)))
+
+    def _final_choice(self, p: Progress, finalists: dict[str, dict[str, Any]]) -> None:
+        """At the end of the run: score the `finalists` (model files by name, see `_finalists`)
+        on validation again, decoded with train.final_beam as translation decodes (fp32, the
+        default length penalty), and make the highest best.pt. A tie keeps the earlier finalist,
+        the best single checkpoint first."""
+        start = time.perf_counter()
         search = replace(self.search, beam_size=self.cfg.final_beam)
         model = copy.deepcopy(self.learner.model)
         scores = {}
@@ -417,9 +441,7 @@ class Validation:
         run_minutes = p.elapsed / 60
         self.run.save("best.pt", {**payload, "metrics": record, "final_choice": choice, "run_minutes": run_minutes})
         self.metrics.add("valid_final", p.step, p.elapsed / 60, **scores[chosen])
-        p.history.append(record)
-        p.stopping.best_bleu, p.stopping.best_step = record["valid_bleu"], record["step"]
-        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))  # knows it too
+        self._record_choice(p, record)
         log.info(
             "end-of-run choice, validation BLEU with beam %d: %s -> best.pt is %s (%.0f s)",
             search.beam_size,
@@ -427,6 +449,13 @@ class Validation:
             chosen,
             time.perf_counter() - start,
         )
+
+    def _record_choice(self, p: Progress, record: dict[str, Any]) -> None:
+        """The run's progress takes the chosen model's record as its best, and last.pt knows it."""
+        p.history.append(record)
+        p.stopping.best_bleu, p.stopping.best_step = record["valid_bleu"], record["step"]
+        p.choice_pending = False
+        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
 
     def _draw_attention(self, step: int) -> None:
         """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
