@@ -239,8 +239,8 @@ def test_the_minutes_behind_a_model_are_its_whole_runs_where_recorded(tmp_path):
 
 def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(reversal_run):
     """The peer side of the benchmark, with a stand-in kit that answers as the JoeyNMT kit's
-    scripts do: its model is trained once for as long as ours and reused by the next run,
-    and the decoding ratios are also given in target tokens per second."""
+    scripts do: its model is trained once for as long as ours and reused by the next run on
+    the same machine, and the decoding ratios are also given in target tokens per second."""
     import json
 
     kit = reversal_run / "fake-peer"
@@ -285,3 +285,14 @@ def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(revers
             fig["decode_beam5_process_sents_per_s"] / 25
         )
     assert len((work / "decoded").read_text().splitlines()) == 2
+    # a peer model trained on another machine (the same CPU name without bf16 arithmetic, say) is
+    # another yardstick: this machine trains its own
+    (record_file,) = reversal_run.glob("**/peer/joeynmt.1min/peer.json")
+    record = json.loads(record_file.read_text())
+    assert record["machine"].startswith("machine: ")  # this machine, as the tables name it
+    record_file.write_text(json.dumps({**record, "machine": "machine: Another CPU (avx2), 2 cores, torch 0"}))
+    result = run_cli(*args, cwd=reversal_run, env=env_work)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "was trained on another machine (Another CPU (avx2), 2 cores, torch 0)" in result.stderr.decode()
+    assert (work / "trainings").read_text().split() == ["60", "60"]
+    assert json.loads(record_file.read_text())["machine"] == record["machine"]

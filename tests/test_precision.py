@@ -62,6 +62,32 @@ def test_precision_auto_is_chosen_by_a_timed_probe_and_cached(tmp_path, caplog):
         choose_precision("fp16", CPU, model)
 
 
+def test_a_probe_cached_on_a_cpu_of_the_same_name_with_other_isa_extensions_is_not_reused(tmp_path, monkeypatch):
+    """Cloud CPUs share a model name ("Intel(R) Xeon(R) Processor") across kinds with and without
+    bf16 arithmetic: a data folder carried from one to the other must not carry its choice."""
+    import translate.precision as precision
+
+    model, calls = tiny_model(40), []
+
+    def fake(figures):
+        return lambda m, device, batch_tokens: calls.append(figures) or figures
+
+    cache = tmp_path / "probe.json"
+    monkeypatch.setattr(precision, "cpu_name", lambda: "Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(precision, "cpu_features", lambda: ["avx2", "avx512f", "avx512_bf16", "amx_bf16"])
+    amx = choose_precision("auto", CPU, model, cache=cache, measure=fake({"fp32": 0.29, "bf16": 0.17}), supported=True)
+    assert amx.precision == "bf16"
+    monkeypatch.setattr(precision, "cpu_features", lambda: ["avx2", "avx512f", "avx512_vnni"])
+    plain = choose_precision(
+        "auto", CPU, model, cache=cache, measure=fake({"fp32": 0.47, "bf16": 1.23}), supported=True
+    )
+    assert plain.precision == "fp32" and "measured now" in plain.reason and len(calls) == 2  # probed again
+    assert len(json.loads(cache.read_text())) == 2  # both machines' figures kept
+    monkeypatch.setattr(precision, "cpu_features", lambda: ["avx2", "avx512f", "avx512_bf16", "amx_bf16"])
+    back = choose_precision("auto", CPU, model, cache=cache, measure=fake({"fp32": 1.0, "bf16": 9.0}), supported=True)
+    assert back.precision == "bf16" and "cached in" in back.reason and len(calls) == 2
+
+
 def test_threads_are_chosen_by_a_timed_probe_where_there_is_a_choice(tmp_path):
     model = tiny_model(40)
     default = torch.get_num_threads()

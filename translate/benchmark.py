@@ -317,18 +317,23 @@ def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, tra
     whether it was trained now.
 
     Kept in <data.artefacts>/<data.name>/peer/joeynmt.<N>min/ with peer.json, so later
-    benchmark runs reuse it; `train` (full mode) trains it again, in the same sitting as
+    benchmark runs on the same machine reuse it (another machine trains its own: N minutes
+    there buy other updates); `train` (full mode) trains it again, in the same sitting as
     our figures. Without a validation in its budget JoeyNMT keeps only the checkpoint it
     saves when stopped: that one is used."""
     whole = max(1, round(minutes))
     folder = Path(cfg.data.artefacts) / cfg.data.name / "peer" / f"joeynmt.{whole}min"
     record_file = folder / "peer.json"
+    here = describe_machine(machine())
     if not train and record_file.is_file():
         record = json.loads(record_file.read_text(encoding="utf-8"))
         found = _peer_checkpoint(folder)
-        if found is not None:
+        if found is not None and record.get("machine") == here:
             log.info("peer: decoding its %d-minute model trained %s (%s)", whole, record["trained"], folder)
             return found, record, False
+        if found is not None:  # as long as ours on another machine is another yardstick (updates, quality, speed)
+            other = str(record.get("machine")).removeprefix("machine: ")
+            log.info("peer: its %d-minute model in %s was trained on another machine (%s)", whole, folder, other)
     log.info("peer: training its model for %d minutes, as long as ours (kept in %s for later runs)", whole, folder)
     record_file.unlink(missing_ok=True)  # a model without its record is never reused
     folder.mkdir(parents=True, exist_ok=True)
@@ -343,7 +348,7 @@ def peer_model(cfg: BenchRunConfig, kit: Path, env: dict, minutes: float, *, tra
     record = {
         "minutes": whole,
         "trained": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": describe_machine(machine()),
+        "machine": here,
         "train_tgt_tokens_per_s": float(steady[-1]) if steady else None,
     }
     record_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

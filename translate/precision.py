@@ -215,8 +215,13 @@ PROBE_VERSION = 3  # what the probe times; 2: the output layer's products in bf1
 
 def probe_key(model: torch.nn.Module, device: torch.device, work: str) -> str:
     """What a probe's figures depend on: machine, torch, threads, model shape, and the `work`
-    timed ("1500 tokens": a training step's batch size)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    timed ("1500 tokens": a training step's batch size). A CPU is named with its ISA extensions:
+    one model name ("Intel(R) Xeon(R) Processor") covers virtual machines with and without bf16
+    arithmetic, where the faster precision differs."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{cpu_name()} ({' '.join(cpu_features()) or 'no AVX2'})"
     shape = json.dumps({**asdict(model.cfg), "vocab": model.vocab_size}, sort_keys=True)
     threads = torch.get_num_threads()
     return (
