@@ -216,16 +216,12 @@ def _log_setup(
         m.emb_size, decided_by["emb_dim"], m.enc_hidden, m.dec_hidden, vocab, m.dropout_rate, decided_by["dropout"],
         f", annotation dropout {m.annotation_dropout:g}" if m.annotation_dropout else "",
     )  # fmt: skip
-    from translate.precision import cpu_features, cpu_name
+    from translate.precision import device_name
 
-    if learner.device.type == "cuda":
-        where = torch.cuda.get_device_name(learner.device)
-    else:
-        where = f"{cpu_name()}; {' '.join(cpu_features()) or 'no AVX2'}"
     log.info(
         "device %s (%s), %d threads (%s)%s; precision %s (train.precision=%s: %s)",
         learner.device,
-        where,
+        device_name(learner.device),
         torch.get_num_threads(),
         threads,
         f", {processes} processes" if processes > 1 else "",

@@ -218,10 +218,7 @@ def probe_key(model: torch.nn.Module, device: torch.device, work: str) -> str:
     timed ("1500 tokens": a training step's batch size). A CPU is named with its ISA extensions:
     one model name ("Intel(R) Xeon(R) Processor") covers virtual machines with and without bf16
     arithmetic, where the faster precision differs."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{cpu_name()} ({' '.join(cpu_features()) or 'no AVX2'})"
+    name = device_name(device)
     shape = json.dumps({**asdict(model.cfg), "vocab": model.vocab_size}, sort_keys=True)
     threads = torch.get_num_threads()
     return (
@@ -264,6 +261,13 @@ def _store(cache: Path | None, key: str, figures: dict[str, float]) -> None:
         tmp.replace(cache)
     except OSError as err:
         log.warning("could not keep the precision probe's figures in %s (%s); it will run again", cache, err)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name with the ISA extensions that decide its speed."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}; {' '.join(cpu_features()) or 'no AVX2'}"
 
 
 def cpu_name() -> str:

@@ -139,26 +139,23 @@ def fit(
         log.info(
             "resumed from %s at step %d (epoch %d), in %s as before", run.last, p.step, p.epoch + 1, learner.precision
         )
-        if p.done and p.choice_pending and group.is_main:  # stopped while choosing best.pt: choose now
-            log.warning(
-                "the run in %s stopped during its end-of-run choice of best.pt: making the choice now", run.path
-            )
-            metrics = MetricsLog(run.path, enabled=True)
-            Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group, metrics=metrics).resume_choice(p)
-        if p.done:
-            log.warning(
-                "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
-                "whose learning-rate schedule has run its course: pass a new run_dir=... to train a longer run, "
-                "or overwrite=true to train this one again",
-                run.path,
-                p.step,
-                p.elapsed / 60,
-            )
-            return p
-    if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
-        torch.manual_seed(cfg.seed + 7919 * group.rank + p.step)
     metrics = MetricsLog(run.path, enabled=group.is_main)
     validation = Validation(learner, tokenizer, valid, cfg=cfg, run=run, group=group, metrics=metrics)
+    if p.done:
+        if p.choice_pending and group.is_main:  # stopped while choosing best.pt: choose now
+            log.warning("the run in %s stopped during its end-of-run choice of best.pt: making it now", run.path)
+            validation.resume_choice(p)
+        log.warning(
+            "the run in %s is complete (step %d, %.1f minutes); a larger budget does not extend a finished run, "
+            "whose learning-rate schedule has run its course: pass a new run_dir=... to train a longer run, "
+            "or overwrite=true to train this one again",
+            run.path,
+            p.step,
+            p.elapsed / 60,
+        )
+        return p
+    if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
+        torch.manual_seed(cfg.seed + 7919 * group.rank + p.step)
     bar = tqdm(
         total=cfg.max_steps or (int(cfg.max_time * 60) if cfg.max_time else None),
         initial=p.step if cfg.max_steps else int(p.elapsed),  # a resumed run's bar starts where it stopped
@@ -410,12 +407,12 @@ class Validation:
         """Make the end-of-run choice of a run whose process stopped during it (`p` restored from
         last.pt, the learner holding the last weights). If best.pt already holds the choice (the
         process stopped between the two saves), only last.pt learns it."""
-        best = self.run.path / "best.pt"
-        made = load_checkpoint(best) if best.exists() else {}
-        if "final_choice" in made:
-            self._record_choice(p, made["metrics"])
-            return
-        self._final_choice(p, self._finalists(p, last=_payload(self.learner, self.tokenizer, p, with_state=False)))
+        finalists = self._finalists(p, last=_payload(self.learner, self.tokenizer, p, with_state=False))
+        made = next((f["metrics"] for f in finalists.values() if "final_choice" in f), None)  # best.pt's, if any
+        if made is not None:
+            self._record_choice(p, made)
+        else:
+            self._final_choice(p, finalists)
 
     def _final_choice(self, p: Progress, finalists: dict[str, dict[str, Any]]) -> None:
         """At the end of the run: score the `finalists` (model files by name, see `_finalists`)
