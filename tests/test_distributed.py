@@ -133,3 +133,14 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     timed = torchrun(*args, "train.max_time=0.15", "run_dir=timed", cwd=tmp_path, timeout=240)
     assert timed.returncode == 0, (timed.stdout.decode() + timed.stderr.decode())[-3000:]
     assert load_checkpoint(tmp_path / "timed" / "last.pt")["train_state"]["progress"]["done"]
+
+    # a run that starts over (here any attention on EOS counts as a collapse: this task puts about 1e-7 there
+    # at update 100) does so in both processes at once, with the same fresh weights: the check at the next
+    # validation would fail otherwise
+    torch_args = [*args, "train.max_steps=200", "train.collapse_after=100", "train.collapse_share=1e-30"]
+    restarted = torchrun(*torch_args, "run_dir=restarted", cwd=tmp_path)
+    said = restarted.stdout.decode() + restarted.stderr.decode()
+    assert restarted.returncode == 0, said[-3000:]
+    assert said.count("started over at step 100") >= 1, said[-3000:]
+    progress = load_checkpoint(tmp_path / "restarted" / "last.pt")["train_state"]["progress"]
+    assert (progress["step"], progress["restarts"], progress["restart_step"]) == (200, 1, 100)

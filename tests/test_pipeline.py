@@ -243,6 +243,8 @@ def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(revers
     the same machine, and the decoding ratios are also given in target tokens per second."""
     import json
 
+    from translate.benchmark import model_minutes
+
     kit = reversal_run / "fake-peer"
     kit.mkdir(exist_ok=True)
     for name, body in FAKE_PEER.items():
@@ -263,14 +265,17 @@ def test_bench_peer_decodes_a_model_trained_as_long_as_ours_and_reuses_it(revers
         f"bench.checkpoint={reversal_run / 'run' / 'best.pt'}",
     ]
     env_work = {"FAKE_WORK": str(work)}
+    # the reversal model trains for seconds (minutes on a loaded machine): the peer's model gets as
+    # many whole minutes, at least one, and is trained once
+    our_minutes = model_minutes(reversal_run / "run" / "best.pt")
+    whole = max(1, round(our_minutes))
     for attempt in range(2):
         result = run_cli(*args, cwd=reversal_run, env=env_work)
         assert result.returncode == 0, result.stderr.decode()[-3000:]
         fig = json.loads((reversal_run / "bench-peer" / "bench.json").read_text())
-        # the reversal model trained for under a minute: the peer's model gets one minute, once
-        assert (work / "trainings").read_text().split() == ["60"], f"run {attempt + 1}"
-        assert fig["peer_decode_model_minutes"] == 1 and fig["decode_model_minutes"] < 1
-        assert fig["peer_decode_model"].endswith("joeynmt.1min/model/12.ckpt")
+        assert (work / "trainings").read_text().split() == [str(whole * 60)], f"run {attempt + 1}"
+        assert fig["peer_decode_model_minutes"] == whole and fig["decode_model_minutes"] == pytest.approx(our_minutes)
+        assert fig["peer_decode_model"].endswith(f"joeynmt.{whole}min/model/12.ckpt")
         # trained now: the training's own throughput; reused: the probe measures it in this run
         peer_rate = 600 if attempt == 0 else 500
         assert fig["peer_train_tgt_tokens_per_s"] == peer_rate

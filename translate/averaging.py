@@ -66,6 +66,11 @@ class Snapshots:
         for old in [s for s in steps if s > step] + [s for s in steps if s <= step][: -self.keep]:
             (self.folder / f"step{old}.pt").unlink(missing_ok=True)
 
+    def clear(self) -> None:
+        """Forget every kept model file (a run that starts over from fresh weights)."""
+        for step in self.steps():
+            (self.folder / f"step{step}.pt").unlink(missing_ok=True)
+
     def average(self) -> tuple[dict[str, torch.Tensor], list[int]] | None:
         """The mean of the kept weights and their steps; None with fewer than two."""
         steps = self.steps()[-self.keep :]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant", "plateau")
 PRECISIONS = ("auto", "bf16", "fp32")
+ON_COLLAPSE = ("restart", "warn")
 FORMATS = ("auto", "hub", "text")
 SPM_TYPES = ("bpe", "unigram", "char", "word")
 PEERS = ("joeynmt",)
@@ -265,6 +266,15 @@ class TrainConfig(_Checked):
     # budget, never with one (train.max_time: the schedule decays to the budget's end; see stop_after)
     patience: int | None = None
     log_every: int = 100
+    # an attention collapse (README, Results: "An attention collapse"): the validation translations' attention
+    # rests on the source's end (translate.evaluation.eos_attention) instead of aligning, and the model translates
+    # from the encoder's final state alone, 9 BLEU down, with nothing else in the log to say so. Judged at each
+    # validation from collapse_after updates on: above collapse_share (aligning models: about 0.1), a warning;
+    # on_collapse=restart: at the first judged validation, fresh weights drawn from another seed train in the
+    # rest of the budget (once a run)
+    collapse_share: float = 0.3  # 1 = never judged
+    collapse_after: int = 1000
+    on_collapse: str = "restart"  # restart | warn
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
     threads: int | None = None  # torch intra-op threads; null: torch's default or all usable cores, timed
 
@@ -290,7 +300,11 @@ class TrainConfig(_Checked):
     def __post_init__(self) -> None:
         self._choice("schedule", SCHEDULES)
         self._choice("precision", PRECISIONS)
-        counts = ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every")
+        self._choice("on_collapse", ON_COLLAPSE)
+        if not 0 < self.collapse_share <= 1:
+            self._fail("collapse_share", "must lie in (0, 1]; 1 = never judged")
+        counts = ("batch_tokens", "max_epochs", "plateau_patience", "max_nonfinite", "valid_every", "log_every",
+                  "collapse_after")  # fmt: skip
         for name in (*counts, "valid_beam", "final_beam", "valid_batch_size"):
             self._at_least(name, 1)
         self._above("max_time", 0, optional=True)

@@ -1,5 +1,5 @@
 """Scores: sacreBLEU (Post 2018) on detokenized hypotheses against the raw references,
-and the validation metrics training reads (loss, perplexity, BLEU, chrF)."""
+and the validation metrics training reads (loss, perplexity, BLEU, chrF, the attention on the source's end)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def evaluate(
 ) -> tuple[dict[str, float], str]:
     """Validation metrics of `model`: teacher-forced loss and perplexity over `batches`, and
     BLEU / chrF of `src` decoded with the search settings `search` (a DecodeConfig); and
-    the BLEU signature. `progress` hears of each decoded batch (the validation's bar)."""
+    the BLEU signature; and the share of attention on the source's end (eos_attention) of the
+    translations. `progress` hears of each decoded batch (the validation's bar)."""
     from translate.translator import Translator
 
     model.eval()
@@ -86,8 +87,21 @@ def evaluate(
             features = model.features(batch)
         nll_sum += float(model.loss(batch, features=features, products=products)[1])  # as training computes it
         ntok += batch.ntokens
-    with autocast():
-        _, s = translate_split(Translator(model, tokenizer, search), src, refs, progress=progress)
+    with autocast():  # the attention comes with the translations: the watch on it costs no second decoding
+        results = list(Translator(model, tokenizer, search).translate_results(src, n_best=1, progress=progress))
+    s = score([r.text for r in results], refs)
     loss = nll_sum / max(ntok, 1)
     metrics = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 50)), "valid_bleu": s.bleu, "valid_chrf": s.chrf}
-    return metrics, s.bleu_signature
+    return {**metrics, "valid_eos_attention": eos_attention(results)}, s.bleu_signature
+
+
+def eos_attention(translations: Sequence) -> float:
+    """The share of attention on the source's end (EOS): per translated sentence and head, the mean
+    over its best hypothesis's steps of the weight on the source's last position; per head, the mean
+    over sentences; the least of the heads (0 without any sentence). A model that aligns puts about
+    1 / (target length + 1) there (the step that ends the sentence looks at the source's end), and a
+    head that rests on EOS beside others that align does not count; a model whose attention collapsed
+    translates from the encoder's final state alone and puts most of it there in every head
+    (README, Results: "An attention collapse")."""
+    shares = [t.hypotheses[0].heads[:, :, -1].float().mean(1) for t in translations if t.hypotheses]
+    return float(torch.stack(shares).mean(0).min()) if shares else 0.0

@@ -94,6 +94,14 @@ class Learner:
         self.update(lr) if result.finite else self.skip()
         return result
 
+    def restart(self, seed: int) -> None:
+        """Fresh weights, drawn as a new model's are with `seed`, and a fresh optimizer: the run starts
+        over in the same process (after an attention collapse). Every process draws the same weights."""
+        torch.manual_seed(seed)
+        self.model.init_weights()
+        self.optimizer.state.clear()  # Adam's moments and step counts, made again at the next update
+        self.optimizer.zero_grad(set_to_none=True)
+
     def close(self) -> None:
         """Let go of the DDP wrapper now. DDP sits in a reference cycle and holds the process
         group, so without this the group's last reference went only when the cycle collector

@@ -69,9 +69,9 @@ class Seq2Seq(nn.Module):
             dropout=cfg.dropout_rate,
             tie_output=cfg.tie_output,
         )
-        self._init_weights()
+        self.init_weights()
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
         for name, p in self.named_parameters():
             if "embed" in name:
                 nn.init.normal_(p, std=p.size(-1) ** -0.5)

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LOG_SECONDS = 60  # a log line at least this often, whatever train.log_every says
 PICTURES = 3  # validation sentences whose attention is drawn at each validation
+RESTART_SEED = 1009  # a run that starts over after an attention collapse draws with seed + this x restarts
 
 
 class TrainingError(RuntimeError):
@@ -108,6 +109,12 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
     choice_pending: bool = False  # done, the end-of-run choice not yet made: a resume makes it
+    restarts: int = 0  # times the run started over from fresh weights (an attention collapse)
+    restart_step: int = 0  # the step its current weights started from: warm-up and collapse_after count from it
+
+    def seed(self, cfg: TrainConfig) -> int:
+        """The seed of the current weights and batch order: train.seed, another after a restart."""
+        return cfg.seed + RESTART_SEED * self.restarts
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Progress:
@@ -155,7 +162,7 @@ def fit(
         )
         return p
     if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
-        torch.manual_seed(cfg.seed + 7919 * group.rank + p.step)
+        torch.manual_seed(p.seed(cfg) + 7919 * group.rank + p.step)
     bar = tqdm(
         total=cfg.max_steps or (int(cfg.max_time * 60) if cfg.max_time else None),
         initial=p.step if cfg.max_steps else int(p.elapsed),  # a resumed run's bar starts where it stopped
@@ -184,8 +191,9 @@ def _loop(
     window = Window()
     while not p.done and p.epoch < cfg.max_epochs:
         order = train.batches(
-            batch_tokens=cfg.batch_tokens, generator=torch.Generator().manual_seed(cfg.seed * 1000 + p.epoch)
+            batch_tokens=cfg.batch_tokens, generator=torch.Generator().manual_seed(p.seed(cfg) * 1000 + p.epoch)
         )
+        restarted = False
         for index in shard(order, group)[p.batch_in_epoch :]:
             result = learner.backward(train.batch(index))
             # the one meeting of the processes in a step: everything below follows from its answer
@@ -201,7 +209,8 @@ def _loop(
             if agreed.nonfinite:
                 _skip(learner, p, result, cfg)
             else:
-                lr = lr_at(cfg, p.step + 1, budget_fraction(cfg, p.step, p.elapsed), p.stopping.plateau_scale)
+                fraction = budget_fraction(cfg, p.step, p.elapsed)
+                lr = lr_at(cfg, p.step + 1 - p.restart_step, fraction, p.stopping.plateau_scale)
                 learner.update(lr)
                 p.step, p.skipped_in_row, p.tokens = p.step + 1, 0, p.tokens + agreed.tokens
                 window.tokens += agreed.tokens
@@ -213,17 +222,40 @@ def _loop(
             out_of_time = budget_s is not None and p.elapsed >= budget_s
             out_of_steps = cfg.max_steps is not None and p.step >= cfg.max_steps
             if (not agreed.nonfinite and p.step % cfg.valid_every == 0) or out_of_time or out_of_steps:
-                validation(p, final=out_of_time or out_of_steps)
+                restarted = validation(p, final=out_of_time or out_of_steps)
                 window.reset()
             if p.done:
                 return False
             if agreed.stop:
                 return True
-        p.epoch += 1
-        p.batch_in_epoch = 0
+            if restarted:
+                _restart(learner, p, validation, cfg, group)
+                break
+        if not restarted:
+            p.epoch += 1
+            p.batch_in_epoch = 0
     if not p.done:  # epochs exhausted
         validation(p, final=True)
     return False
+
+
+def _restart(learner: Learner, p: Progress, validation: Validation, cfg: TrainConfig, group: Group) -> None:
+    """Start the run over from fresh weights in the rest of its budget: another seed for the
+    weights and the batch order, Adam's state, warm-up, early stopping and the averaged
+    snapshots anew; the step count, the clock and the log go on."""
+    p.restarts += 1
+    p.restart_step, p.epoch, p.batch_in_epoch = p.step, 0, 0
+    p.stopping, p.skipped_in_row = EarlyStopping(), 0
+    learner.restart(p.seed(cfg))
+    if group.rank > 0:
+        torch.manual_seed(p.seed(cfg) + 7919 * group.rank + p.step)
+    if group.is_main:
+        validation.snapshots.clear()
+        validation.save_last(p)  # a process killed from here on resumes the fresh run, not the collapsed one
+    log.info(
+        "started over at step %d: fresh weights and batch order from seed %d, warm-up anew  %s",
+        p.step, p.seed(cfg), time_left(p, cfg),
+    )  # fmt: skip
 
 
 class Window:
@@ -320,11 +352,12 @@ class Validation:
         self._batches: list | None = None  # tokenized and batched once, reused by every validation
         self.snapshots = Snapshots(run.path / "snapshots", cfg.average)
 
-    def __call__(self, p: Progress, *, final: bool) -> None:
-        if self.group.is_main:
-            self._validate(p, final=final)
-        (p.done,) = any_of(self.group, p.done or final)
+    def __call__(self, p: Progress, *, final: bool) -> bool:
+        """Validate; True if the run is to start over from fresh weights (an attention collapse)."""
+        restart = self._validate(p, final=final) if self.group.is_main else False
+        p.done, restart = any_of(self.group, p.done or final, restart)
         check_in_sync(self.learner.model, self.group)
+        return restart
 
     def _score(
         self, model: torch.nn.Module, *, search: DecodeConfig | None = None, exact: bool = False
@@ -353,7 +386,7 @@ class Validation:
                 progress=bar.update,
             )
 
-    def _validate(self, p: Progress, *, final: bool) -> None:
+    def _validate(self, p: Progress, *, final: bool) -> bool:
         cfg = self.cfg
         m, signature = self._score(self.learner.model)
         p.history.append({"step": p.step, **m, "elapsed_min": p.elapsed / 60})
@@ -365,17 +398,19 @@ class Validation:
             log.info("early stopping: no BLEU gain in %d validations", p.stopping.bad_validations)
             p.done = True
         log.info(
-            "validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f%s  %s  (%s)",
+            "validation at step %d: loss %.3f  ppl %.2f  BLEU %.2f  chrF %.2f  attention on EOS %.2f%s  %s  (%s)",
             p.step,
             m["valid_loss"],
             m["valid_ppl"],
             m["valid_bleu"],
             m["valid_chrf"],
+            m.get("valid_eos_attention", 0.0),
             "  *best*" if improved else "",
             time_left(p, cfg),
             signature,
         )
         p.done = p.done or final
+        restart = self._judge_attention(p, m.get("valid_eos_attention"))
         weights = _payload(self.learner, self.tokenizer, p, with_state=False)
         if improved:
             self.run.save("best.pt", weights)
@@ -383,9 +418,45 @@ class Validation:
         finalists = self._finalists(p, last=weights) if p.done else {}
         # last.pt says whether a choice is still to be made, so a process stopped during it makes it on resume
         p.choice_pending = len(finalists) > 1
-        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
+        self.save_last(p)
         if p.choice_pending:
             self._final_choice(p, finalists)
+        return restart
+
+    def save_last(self, p: Progress) -> None:
+        """last.pt: the weights, the training state and `p`, to resume from."""
+        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
+
+    def _judge_attention(self, p: Progress, share: float | None) -> bool:
+        """Warn of a collapsed attention (train.collapse_share, from train.collapse_after updates of
+        the current weights on); True if the run is to start over: train.on_collapse=restart, at
+        the first judged validation, not yet restarted, at least half the budget left."""
+        cfg = self.cfg
+        updates = p.step - p.restart_step
+        if share is None or share <= cfg.collapse_share or updates < cfg.collapse_after:
+            return False
+        hindrance = next(
+            (why for why, holds in (
+                ("train.on_collapse=warn", cfg.on_collapse == "warn"),
+                ("it started over once already", p.restarts > 0),
+                ("past its first judged validation", updates >= cfg.collapse_after + cfg.valid_every),
+                ("the run is ending", p.done),
+                ("less than half the budget left", budget_fraction(cfg, p.step, p.elapsed) > 0.5),
+            ) if holds),
+            None,
+        )  # fmt: skip
+        if hindrance is None:
+            then = "starting over from fresh weights in the rest of the budget (train.on_collapse=restart)"
+        else:
+            then = f"try another train.seed or a lower train.lr (now {cfg.peak_lr:g}); no restart: {hindrance}"
+        log.warning(
+            "step %d: the attention collapsed onto the source's end: %.2f of the validation translations' "
+            "attention rests on EOS (above train.collapse_share=%g; aligning models put about 0.1 there), so the "
+            "model translates from the encoder's final state alone and its BLEU stays far down (README, Results: "
+            '"An attention collapse"): %s',
+            p.step, share, cfg.collapse_share, then,
+        )  # fmt: skip
+        return hindrance is None
 
     def _finalists(self, p: Progress, *, last: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The candidates for best.pt at the end of the run, by name: the best single checkpoint,
@@ -452,7 +523,7 @@ class Validation:
         p.history.append(record)
         p.stopping.best_bleu, p.stopping.best_step = record["valid_bleu"], record["step"]
         p.choice_pending = False
-        self.run.save("last.pt", _payload(self.learner, self.tokenizer, p, with_state=True))
+        self.save_last(p)
 
     def _draw_attention(self, step: int) -> None:
         """attention/step<N>/valid<line>.png: the same validation sentences at every validation."""
