@@ -263,6 +263,7 @@ def test_the_study_compares_runs_on_the_test_split(reversal_run, tmp_path, capsy
     (row,) = json.loads((tmp_path / "study.json").read_text())
     assert row["test_bleu"] > 80 and row["decode_sents_per_s"] > 0 and row["train_tgt_tokens_per_s"] > 0
     assert 0 <= row["attention_entropy"] < 1.0  # a model that reverses well attends sharply
+    assert 0 <= row["attention_on_eos"] < 0.05 and table[0].endswith("| on EOS |")  # and aligns: no collapse
     assert (tmp_path / "run.png").is_file()
 
 

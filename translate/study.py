@@ -6,7 +6,8 @@ For each run folder (its ``best.pt`` and ``metrics.jsonl``): parameters, test BL
 chrF (beam 5), training target tokens/s (the mean of the logged windows, the first left
 out), decoding sentences/s (beam 5, this process, model loaded), the mean entropy of the
 attention rows over the test split (nats; the heads' mean; one row per output piece, the
-EOS steps left out), and one heatmap of the same
+EOS steps left out), the share of attention on the source's end (``eos_attention``, as
+validation logs it: far above 0.1, a collapsed attention), and one heatmap of the same
 test sentence per run. Prints a Markdown table and writes ``study.json`` beside the
 pictures. A client of the package, like the benchmark.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from translate.checkpoint import load_checkpoint
 from translate.config import DataConfig, DecodeConfig
 from translate.data import load_corpus
-from translate.evaluation import score
+from translate.evaluation import eos_attention, score
 from translate.formats import draw_heatmap
 from translate.model import count_parameters
 from translate.plots import entropy
@@ -54,6 +55,7 @@ def study_run(run: Path, src: list[str], refs: list[str], *, sentence: int, out:
         "train_tgt_tokens_per_s": round(sum(train) / len(train)) if train else None,
         "decode_sents_per_s": round(len(src) / seconds, 1),
         "attention_entropy": round(entropy(rows), 3),  # over every row of every sentence
+        "attention_on_eos": round(eos_attention(results), 3),
         "heatmap": str(picture),
         "bleu_signature": s.bleu_signature,
     }
@@ -72,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [study_run(run, corpus.test.src, corpus.test.tgt, sentence=args.sentence, out=args.out) for run in args.runs]
     (args.out / "study.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    columns = ["variant", "parameters", "test2016 BLEU", "chrF", "train tgt tok/s", "decode sent/s", "entropy"]
+    columns = ["variant", "parameters", "test2016 BLEU", "chrF", "train tgt tok/s", "decode sent/s"]
+    columns += ["entropy", "on EOS"]
     print("| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
     for r in rows:
         cells = [r["variant"], f"{r['parameters']:,}", f"{r['test_bleu']:.2f}", f"{r['test_chrf']:.2f}"]
         cells += [str(r["train_tgt_tokens_per_s"]), str(r["decode_sents_per_s"]), f"{r['attention_entropy']:.3f}"]
+        cells.append(f"{r['attention_on_eos']:.3f}")
         print("| " + " | ".join(cells) + " |")
     print(f"signature: {rows[0]['bleu_signature']}")
 
