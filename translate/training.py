@@ -86,7 +86,9 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signum
         log.warning(
-            "%s: stopping after this step; last.pt will hold the state to resume from", signal.Signals(signum).name
+            "%s: stopping after this step (at the run's end: once the end-of-run choice is made); last.pt will "
+            "hold the state to resume from",
+            signal.Signals(signum).name,
         )
 
     def __exit__(self, *exc) -> None:
