@@ -63,12 +63,14 @@ class Snapshots:
         self.folder.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.folder / f"step{step}.pt", payload)
         steps = self.steps()
-        for old in [s for s in steps if s > step] + [s for s in steps if s <= step][: -self.keep]:
-            (self.folder / f"step{old}.pt").unlink(missing_ok=True)
+        self._forget([s for s in steps if s > step] + [s for s in steps if s <= step][: -self.keep])
 
     def clear(self) -> None:
         """Forget every kept model file (a run that starts over from fresh weights)."""
-        for step in self.steps():
+        self._forget(self.steps())
+
+    def _forget(self, steps: list[int]) -> None:
+        for step in steps:
             (self.folder / f"step{step}.pt").unlink(missing_ok=True)
 
     def average(self) -> tuple[dict[str, torch.Tensor], list[int]] | None:

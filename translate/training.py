@@ -163,8 +163,7 @@ def fit(
             p.elapsed / 60,
         )
         return p
-    if group.rank > 0:  # the same initial weights (DDP copies process 0's), other dropout masks
-        torch.manual_seed(p.seed(cfg) + 7919 * group.rank + p.step)
+    _seed_dropout(p, cfg, group)
     bar = tqdm(
         total=cfg.max_steps or (int(cfg.max_time * 60) if cfg.max_time else None),
         initial=p.step if cfg.max_steps else int(p.elapsed),  # a resumed run's bar starts where it stopped
@@ -241,6 +240,13 @@ def _loop(
     return False
 
 
+def _seed_dropout(p: Progress, cfg: TrainConfig, group: Group) -> None:
+    """Processes after the first draw other dropout masks from here on (all hold the same weights:
+    DDP copies process 0's at the start, a restart draws them alike in every process)."""
+    if group.rank > 0:
+        torch.manual_seed(p.seed(cfg) + 7919 * group.rank + p.step)
+
+
 def _restart(learner: Learner, p: Progress, validation: Validation, cfg: TrainConfig, group: Group) -> None:
     """Start the run over from fresh weights in the rest of its budget: another seed for the
     weights and the batch order, Adam's state, warm-up, early stopping and the averaged
@@ -249,8 +255,7 @@ def _restart(learner: Learner, p: Progress, validation: Validation, cfg: TrainCo
     p.restart_step, p.epoch, p.batch_in_epoch = p.step, 0, 0
     p.stopping, p.skipped_in_row = EarlyStopping(), 0
     learner.restart(p.seed(cfg))
-    if group.rank > 0:
-        torch.manual_seed(p.seed(cfg) + 7919 * group.rank + p.step)
+    _seed_dropout(p, cfg, group)
     if group.is_main:
         validation.snapshots.clear()
         validation.save_last(p)  # a process killed from here on resumes the fresh run, not the collapsed one
