@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from translate.attention import Attention, Memory
+from translate.dropout import Dropout
 from translate.gru import gru, use_training_gru
 
 
@@ -65,7 +66,7 @@ class Decoder(nn.Module):
         )
         self.bridge = nn.Linear(enc_dim, layers * hidden)
         self.combine = nn.Linear(hidden + attention.context_dim, emb_dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = nn.Linear(emb_dim, vocab, bias=False)
         if tie_output:
             self.output.weight = embed.weight

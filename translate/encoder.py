@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from translate.dropout import Dropout
 from translate.gru import gru, use_training_gru
 
 
@@ -34,8 +35,8 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = embed
-        self.dropout = nn.Dropout(dropout)
-        self.annotation_dropout = nn.Dropout(annotation_dropout)
+        self.dropout = Dropout(dropout)
+        self.annotation_dropout = Dropout(annotation_dropout)
         self.rnn = nn.GRU(
             embed.embedding_dim,
             hidden,

@@ -27,9 +27,10 @@ state, the gates and every sum stay fp32; only the matrix products' inputs are b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from translate.dropout import dropout
 
 
 def use_training_gru(rnn: nn.GRU) -> bool:
@@ -71,7 +72,7 @@ def gru(
     with torch.autocast(x.device.type, enabled=False):
         for layer in range(rnn.num_layers):
             if layer > 0 and rnn.dropout > 0:
-                layer_input = F.dropout(layer_input, rnn.dropout, training=rnn.training)
+                layer_input = dropout(layer_input, rnn.dropout, rnn.training)
             outs = []
             for d in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
