@@ -4,6 +4,7 @@ is composed, naming the key and what is allowed."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,12 +25,14 @@ from translate.config import (
     ModelConfig,
     TrainConfig,
     for_budget,
+    for_updates,
     model_for_budget,
     register_configs,
     time_to_bleu_run,
     to_config,
 )
 from translate.decoder import VARIANTS
+from translate.schedule import PACE, expected_updates
 
 from .conftest import run_cli
 
@@ -130,15 +133,32 @@ def test_the_dropout_and_embedding_defaults_follow_the_time_budget():
     train = compose_config([]).train
     by_budget = train.dropout_by_budget
     assert for_budget(by_budget, 35, 0.2) == 0.2  # below every entry: the default
-    assert for_budget(by_budget, 45, 0.2) == for_budget(by_budget, 60, 0.2) == 0.6  # {"45": 0.6}
-    assert for_budget(by_budget, None, 0.2) == 0.6  # no time limit: the longest budget's entry
+    by_updates = for_budget(by_budget, 60, 0.2)  # {"45": {"0": 0.5, "7000": 0.6}}: a table by updates
+    assert for_budget(by_budget, 45, 0.2) == by_updates == for_budget(by_budget, None, 0.2)  # no limit: the longest
+    assert [for_updates(by_updates, n) for n in (0, 4500, 6999, 7000, 10_000, math.inf)] == [0.5] * 3 + [0.6] * 3
     assert [for_budget(train.emb_dim_by_budget, m, 256) for m in (35, 60, None)] == [256, 512, 512]
     longer = compose_config(["+train.dropout_by_budget.90=0.4", "train.dropout_by_budget.45=0.35"])
     assert [for_budget(longer.train.dropout_by_budget, m, 0.2) for m in (10, 60, 120)] == [0.2, 0.35, 0.4]
     assert compose_config(["train.max_time=60"]).model.dropout is None  # decided by the train command, which
     assert compose_config(["model.dropout=0.1"]).model.dropout == 0.1  # knows whether it resumes a run
     assert compose_config(["train.max_time=60"]).model.emb_dim is None
-    for bad in ("+train.dropout_by_budget.long=0.4", "train.dropout_by_budget.45=1.5"):
+    flat = compose_config(["train.dropout_by_budget.45=0.6"]).train.dropout_by_budget  # a plain entry still does
+    assert [for_budget(flat, m, 0.2) for m in (35, 60)] == [0.2, 0.6]
+    own = compose_config(["train.dropout_by_budget.45.7000=0.4", "+train.dropout_by_budget.90={0: 0.3, 500: 0.7}"])
+    own = own.train.dropout_by_budget
+    assert own["90"] == {"0": 0.3, "500": 0.7}  # keys as the YAML writes them
+    assert [for_updates(for_budget(own, 60, 0.2), n) for n in (6999, 7000)] == [0.5, 0.4]
+    assert [for_updates(for_budget(own, 90, 0.2), n) for n in (499, 500)] == [0.3, 0.7]
+    for bad in (
+        "+train.dropout_by_budget.long=0.4",
+        "train.dropout_by_budget.45=1.5",
+        "+train.dropout_by_budget.90={7000: 0.6}",  # no entry for 0: a short run would find none
+        "+train.dropout_by_budget.90={0: 0.5, 7000: 1.5}",
+        "+train.dropout_by_budget.90={0: 0.5, many: 0.6}",
+        "+train.dropout_by_budget.90={0: 0.5, -5: 0.6}",
+        "+train.dropout_by_budget.90={}",
+        "++train.dropout_by_budget.45={0: 0.3}",  # merged: both '0' and 0
+    ):
         with pytest.raises(ConfigError, match="dropout_by_budget"):
             compose_config([bad])
     for bad in ("+train.emb_dim_by_budget.long=512", "train.emb_dim_by_budget.45=0"):
@@ -149,12 +169,15 @@ def test_the_dropout_and_embedding_defaults_follow_the_time_budget():
     assert unresolved.emb_dim is None and unresolved.emb_size == 256
 
 
+NOT_TIMED = ", the entry of the most updates (no step timed)"  # model_for_budget without a timed step
+
+
 @pytest.mark.parametrize(
     ("overrides", "dropout", "emb_dim", "why"),
     [
         (["train.max_time=35"], 0.2, 256, "train.dropout_by_budget for a 35-minute budget"),
-        (["train.max_time=60"], 0.6, 512, "train.dropout_by_budget for a 60-minute budget"),
-        ([], 0.6, 512, "train.dropout_by_budget for no time limit"),
+        (["train.max_time=60"], 0.6, 512, "train.dropout_by_budget for a 60-minute budget" + NOT_TIMED),
+        ([], 0.6, 512, "train.dropout_by_budget for no time limit" + NOT_TIMED),
         (["train.max_time=60", "model.dropout=0.3", "model.emb_dim=128"], 0.3, 128, "model.dropout"),
     ],
 )
@@ -162,7 +185,7 @@ def test_the_train_command_decides_an_unset_dropout_and_embedding_size(overrides
     cfg = compose_config(overrides)
     model, decided_by = model_for_budget(cfg.model, cfg.train)
     assert (model.dropout, model.emb_dim, decided_by["dropout"]) == (dropout, emb_dim, why)
-    assert decided_by["emb_dim"] == why.replace("dropout", "emb_dim")
+    assert decided_by["emb_dim"] == why.replace("dropout", "emb_dim").removesuffix(NOT_TIMED)
     # a resumed run keeps what it was built with, whatever the budget says now; set otherwise here: refused
     resumed = {"dropout": 0.25, "emb_dim": 64}
     if any(o.startswith("model.dropout") for o in overrides):
@@ -171,6 +194,40 @@ def test_the_train_command_decides_an_unset_dropout_and_embedding_size(overrides
         return
     model, decided_by = model_for_budget(cfg.model, cfg.train, resumed=resumed)
     assert (model.dropout, model.emb_dim, decided_by["emb_dim"]) == (0.25, 64, "the resumed run's")
+
+
+@pytest.mark.parametrize(("expected", "dropout"), [(4500, 0.5), (6999, 0.5), (7000, 0.6), (10_000, 0.6)])
+def test_a_dropout_table_by_updates_takes_the_updates_the_run_is_expected_to_make(expected, dropout):
+    cfg = compose_config(["train.max_time=60"])
+    asked = []
+
+    def updates(model: ModelConfig) -> tuple[float, str]:  # the train command times a step here
+        asked.append(model)
+        return expected, "a fake step time"
+
+    model, decided_by = model_for_budget(cfg.model, cfg.train, updates=updates)
+    assert model.dropout == dropout and model.emb_dim == 512
+    assert decided_by["dropout"] == (
+        f"train.dropout_by_budget for a 60-minute budget and about {expected:,} updates (a fake step time)"
+    )
+    # the step is timed on the model the run trains: its embedding size decided, the dropout of the most updates
+    assert [(m.emb_dim, m.dropout) for m in asked] == [(512, 0.6)]
+    # a budget whose entry is one number, a dropout set, or a resumed run: nothing to time
+    for overrides, resumed in ((["train.max_time=35"], None), (["train.max_time=60", "model.dropout=0.3"], None),
+                               (["train.max_time=60"], {"dropout": 0.25, "emb_dim": 512})):  # fmt: skip
+        cfg = compose_config(overrides)
+        model_for_budget(cfg.model, cfg.train, resumed=resumed, updates=updates)
+    assert len(asked) == 1
+
+
+def test_the_updates_a_run_is_expected_to_make_come_from_its_budgets_and_the_timed_step():
+    hour = compose_config(["train.max_time=60"]).train
+    assert expected_updates(hour, 0.5) == pytest.approx(3600 * PACE / 0.5)
+    assert expected_updates(hour, 1.0) == pytest.approx(expected_updates(hour, 0.5) / 2)  # twice as slow: half
+    assert expected_updates(replace(hour, max_steps=100), 0.5) == 100  # the fewer of the two budgets
+    assert expected_updates(replace(hour, max_steps=10**9), 0.5) == expected_updates(hour, 0.5)
+    assert expected_updates(replace(hour, max_time=None, max_steps=300), 0.5) == 300
+    assert expected_updates(replace(hour, max_time=None), 0.5) == math.inf  # no budget: the most updates
 
 
 def test_a_resumption_is_not_refused_for_an_unset_or_budget_decided_setting_but_is_for_a_contrary_one():

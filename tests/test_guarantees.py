@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import signal
 import stat
@@ -249,16 +250,22 @@ def test_an_unset_dropout_and_embedding_size_come_from_the_budget_and_a_resumed_
     assert "dropout 0.2 (train.dropout_by_budget for a 30-minute budget)" in log
     assert "embeddings 256 (train.emb_dim_by_budget for a 30-minute budget)" in log
     assert last("short")["model_config"]["dropout"] == 0.2 and last("short")["model_config"]["emb_dim"] == 256
+    # from 45 minutes on the dropout follows the updates the run is expected to make ({"0": 0.5, "7000": 0.6}):
+    # 5 steps at most, or an hour of a step the probe times at some milliseconds (one epoch ends the run)
     log = train("run_dir=long", "train.max_time=60", "train.max_steps=5")
-    assert "dropout 0.6 (train.dropout_by_budget for a 60-minute budget)" in log
+    assert "dropout 0.5 (train.dropout_by_budget for a 60-minute budget and about 5 updates (one fp32 step" in log
     assert "embeddings 24 (train.emb_dim_by_budget for a 60-minute budget)" in log
-    assert last("long")["model_config"]["dropout"] == 0.6 and last("long")["model_config"]["emb_dim"] == 24
+    assert last("long")["model_config"]["dropout"] == 0.5 and last("long")["model_config"]["emb_dim"] == 24
+    log = train("run_dir=many", "train.max_time=60", "train.max_steps=null", "train.max_epochs=1")
+    many = re.search(r"dropout 0.6 \(train.dropout_by_budget for a 60-minute budget and about ([\d,]+) updates", log)
+    assert many and int(many[1].replace(",", "")) >= 7000 and "measured now, kept in" not in log  # timed above
+    assert last("many")["model_config"]["dropout"] == 0.6
     # opened again with a shorter budget (a key a resumption may change): the model is rebuilt with the
     # run's own dropout and embedding size, not the new budget's (the finished run then says it is complete)
     log = train("run_dir=long", "train.max_time=30", "train.max_steps=10")
-    assert "resuming the run from step 5" in log and "dropout 0.6 (the resumed run's)" in log
+    assert "resuming the run from step 5" in log and "dropout 0.5 (the resumed run's)" in log
     assert "embeddings 24 (the resumed run's)" in log
-    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.6
+    assert "dropout 0.2" not in log and last("long")["model_config"]["dropout"] == 0.5
 
 
 # ---- corpora that cannot train ----------------------------------------------------------------

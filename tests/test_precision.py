@@ -26,7 +26,9 @@ from translate.precision import (
     decoding_precision,
     probe,
     probe_decoding,
+    probe_one,
     probe_threads,
+    step_seconds,
 )
 from translate.schedule import lr_at
 from translate.training import Progress, Validation
@@ -129,6 +131,40 @@ def test_the_probe_times_both_precisions_and_leaves_the_model_and_random_state_a
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_step_a_dropout_waits_on_is_timed_once_or_read_from_the_precision_probe(tmp_path):
+    cache = tmp_path / "probe.json"
+    model, calls = tiny_model(40, dropout=0.6), []
+
+    def fake(m, device, batch_tokens, precision):
+        calls.append((batch_tokens, precision))
+        return {precision: 0.25}
+
+    seconds, where = step_seconds(model, CPU, "fp32", batch_tokens=1500, cache=cache, measure=fake)
+    assert seconds == 0.25 and "measured now" in where and calls == [(1500, "fp32")]
+    # the same shape with another dropout rate (the run's own, chosen by this figure): the cache answers
+    seconds, where = step_seconds(tiny_model(40, dropout=0.5), CPU, "fp32", cache=cache, measure=fake)
+    assert seconds == 0.25 and "cached in" in where and len(calls) == 1
+    # where the precision probe ran, its figure for the chosen precision is the step's
+    choose_precision("auto", CPU, model, batch_tokens=3000, cache=cache, supported=True,
+                     measure=lambda *a: {"fp32": 0.5, "bf16": 0.3})  # fmt: skip
+    assert step_seconds(model, CPU, "bf16", batch_tokens=3000, cache=cache, measure=fake)[0] == 0.3
+    assert step_seconds(model, CPU, "fp32", batch_tokens=3000, cache=cache, measure=fake)[0] == 0.5
+    assert len(calls) == 1
+    # another batch size is another step
+    assert step_seconds(model, CPU, "fp32", batch_tokens=700, cache=cache, measure=fake)[0] == 0.25
+    assert calls[-1] == (700, "fp32")
+
+
+def test_the_one_precision_probe_times_a_step_and_leaves_the_model_and_random_state_alone():
+    model = tiny_model(40, dropout=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    figures = probe_one(model, CPU, 200, "fp32")
+    assert list(figures) == ["fp32"] and figures["fp32"] > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_training_and_its_probe_flush_subnormal_floats_to_zero():

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 def bench_model(cfg: BenchRunConfig) -> ModelConfig:
     """The model the throughput figures time: the one the time-to-BLEU runs train, its dropout and
-    embedding size decided for bench.budget_minutes as the train command decides them."""
+    embedding size decided for bench.budget_minutes as the train command decides them, except that a
+    dropout table by updates gives its entry of the most updates (nothing is timed here: a dropout
+    rate changes a step's time by a few per cent at most)."""
     return model_for_budget(cfg.model, replace(cfg.train, max_time=cfg.bench.budget_minutes))[0]
 
 

@@ -103,8 +103,9 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     from translate.data import DataError, describe, open_source
     from translate.learner import Learner
     from translate.model import Seq2Seq, count_parameters
-    from translate.precision import choose_precision, probe_cache
+    from translate.precision import Choice, choose_precision, probe_cache, step_seconds
     from translate.prepared import prepare as prepare_pairs
+    from translate.schedule import expected_updates
     from translate.subword import with_bpe_dropout
     from translate.training import Interrupted, fit
 
@@ -140,16 +141,36 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
             if group.is_main:
                 sync()
             pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, target=cfg.train.bpe_dropout_target)
-            model_cfg, decided_by = model_for_budget(cfg.model, cfg.train, resumed=run.resume_model_config)
-            model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
-            threads = _threads(cfg, model, device, group.world_size, probe)
-            # process 0 times the precisions (train.precision=auto); the others then read its figures
-            if not group.is_main:
-                sync()
-            precision = choose_precision(cfg.train.precision, device, model, **probe)
-            if group.is_main:
-                sync()
+
+            def set_up(model_cfg: ModelConfig) -> tuple[Seq2Seq, str, Choice]:
+                """The model, and the thread count and precision chosen for it (timed probes)."""
+                model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
+                threads = _threads(cfg, model, device, group.world_size, probe)
+                # process 0 times the precisions (train.precision=auto); the others then read its figures
+                if not group.is_main:
+                    sync()
+                precision = choose_precision(cfg.train.precision, device, model, **probe)
+                if group.is_main:
+                    sync()
+                return model, threads, precision
+
+            def updates(model_cfg: ModelConfig) -> tuple[float, str]:
+                """The updates this run will make with `model_cfg` (a dropout from train.dropout_by_budget
+                waits on it): a training step timed in the precision chosen for it (process 0 times it)."""
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's draws
+                    model, _, precision = set_up(model_cfg)
+                    if not group.is_main:
+                        sync()
+                    seconds, where = step_seconds(model, device, precision.precision, **probe)
+                    if group.is_main:
+                        sync()
+                how = f"one {precision.precision} step takes {seconds:.2f} s, {where}"
+                return expected_updates(cfg.train, seconds), how
+
+            resumed = run.resume_model_config
+            model_cfg, decided_by = model_for_budget(cfg.model, cfg.train, resumed=resumed, updates=updates)
+            model, threads, precision = set_up(model_cfg)
             learner = Learner(model, cfg.train, device=device, group=group, precision=precision)
             _log_setup(
                 cfg, model_cfg, decided_by, model_parameters=count_parameters(model), vocab=tokenizer.vocab_size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -132,12 +133,47 @@ def budget_minutes(key: str) -> float | None:
 
 
 def for_budget(by_budget: dict[str, Any], max_time: float | None, default: Any) -> Any:
-    """The value of a per-budget table (train.dropout_by_budget, train.emb_dim_by_budget) for a run
+    """The entry of a per-budget table (train.dropout_by_budget, train.emb_dim_by_budget) for a run
     of `max_time` minutes: the entry of the longest budget that fits (<= max_time; with no time
-    limit, the longest of all), else `default`."""
+    limit, the longest of all), else `default`. An entry of train.dropout_by_budget may itself be a
+    table by updates (:func:`for_updates`)."""
     entries = [(float(minutes), value) for minutes, value in by_budget.items()]  # keys checked by TrainConfig
     fitting = [(minutes, value) for minutes, value in entries if max_time is None or minutes <= max_time]
-    return max(fitting)[1] if fitting else default
+    return max(fitting, key=lambda entry: entry[0])[1] if fitting else default
+
+
+def for_updates(by_updates: dict[str, float], updates: float) -> float:
+    """The value of a table by updates ({"0": 0.5, "7000": 0.6}: 0.5 below 7000 updates, 0.6 from
+    7000 on) for a run expected to make `updates` updates: the entry of the most updates that fits."""
+    return max((int(key), value) for key, value in by_updates.items() if int(key) <= updates)[1]
+
+
+def is_update_table(entry: Any) -> bool:
+    """An entry of train.dropout_by_budget that is a table by updates, UPDATES -> dropout, with an entry
+    for 0 so that every run finds one."""
+    return (
+        isinstance(entry, Mapping)
+        and bool(entry)
+        and all(_is_count(k) and _is_dropout(v) for k, v in entry.items())
+        and any(int(k) == 0 for k in entry)
+    )
+
+
+def _is_count(key: Any) -> bool:
+    """A key of a table by updates: a whole number >= 0, as written in YAML ("7000") or on the command line (7000)."""
+    return (isinstance(key, str) and key.isdigit()) or (_is_int(key) and key >= 0)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_dropout(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < 1
 
 
 @dataclass
@@ -189,12 +225,20 @@ class ModelConfig(_Checked):
 
 
 def model_for_budget(
-    model: ModelConfig, train: TrainConfig, *, resumed: dict[str, Any] | None = None
+    model: ModelConfig,
+    train: TrainConfig,
+    *,
+    resumed: dict[str, Any] | None = None,
+    updates: Callable[[ModelConfig], tuple[float, str]] | None = None,
 ) -> tuple[ModelConfig, dict[str, str]]:
     """`model` with its dropout and embedding size decided for train.max_time, and why, per key:
     as set; else the resumed run's own (`resumed`, its stored model config: a longer budget on
     resumption changes nothing); else the budget's entry in train.dropout_by_budget /
-    train.emb_dim_by_budget (:func:`for_budget`)."""
+    train.emb_dim_by_budget (:func:`for_budget`). A dropout entry that is a table by updates
+    takes the updates the run is expected to make from `updates` (given the model with its
+    embedding size decided and the dropout of the most updates; it returns the count and how it
+    was estimated: the train command times a training step); without `updates`, the entry of the
+    most updates."""
     budget = f"a {train.max_time:g}-minute budget" if train.max_time else "no time limit"
     decided, why = {}, {}
     for key, (table, default) in BY_BUDGET.items():
@@ -211,6 +255,15 @@ def model_for_budget(
         else:
             decided[key] = for_budget(getattr(train, table), train.max_time, default)
             why[key] = f"train.{table} for {budget}"
+    if is_update_table(decided.get("dropout")):
+        by_updates = decided["dropout"]
+        decided["dropout"] = for_updates(by_updates, math.inf)
+        if updates is None:
+            why["dropout"] += ", the entry of the most updates (no step timed)"
+        else:
+            expected, how = updates(replace(model, **decided))
+            decided["dropout"] = for_updates(by_updates, expected)
+            why["dropout"] += f" and about {expected:,.0f} updates ({how})"
     return replace(model, **decided), why
 
 
@@ -234,11 +287,12 @@ class TrainConfig(_Checked):
     warmup_steps: int | None = None  # null: warmup_by_direction's entry for the run's direction, else 100
     # measured per direction on Multi30k (README, Results): de-en learned slowly after a 100-step warm-up
     warmup_by_direction: dict[str, int] = field(default_factory=lambda: {"de-en": 400})
-    # model.dropout and model.emb_dim unset: see for_budget. Measured on Multi30k (README, Results): dropout
-    # 0.2 overfits in 60 minutes, 0.3 is worse in 35, 0.4 beat 0.3 on validation in 60 on two machine kinds;
-    # in 60, embeddings 512 at dropout 0.5 beat 256 at 0.4 (two seeds), 512 at 0.4 overfit, and 512 at 0.6
-    # beat 512 at 0.5 on validation (two seeds each)
-    dropout_by_budget: dict[str, float] = field(default_factory=lambda: {"45": 0.6})
+    # model.dropout and model.emb_dim unset: see for_budget and model_for_budget. Measured on Multi30k (README,
+    # Results): dropout 0.2 overfits in 60 minutes, 0.3 is worse in 35, 0.4 beat 0.3 on validation in 60 on two
+    # machine kinds; in 60, embeddings 512 at dropout 0.5 beat 256 at 0.4 (two seeds), 512 at 0.4 overfit; 512
+    # at 0.6 beat 512 at 0.5 with about 10,000 updates (two seeds each, AMX Xeon), 0.5 beat 0.6 with about
+    # 5,000 (AVX2 AMD): dropout by the updates the budget buys, which the train command times
+    dropout_by_budget: dict[str, Any] = field(default_factory=lambda: {"45": {"0": 0.5, "7000": 0.6}})
     emb_dim_by_budget: dict[str, int] = field(default_factory=lambda: {"45": 512})
     schedule: str = "cosine"  # cosine | linear | rsqrt | constant | plateau
     min_lr_ratio: float = 0.05  # floor of the decay, as a fraction of lr
@@ -293,8 +347,7 @@ class TrainConfig(_Checked):
         booleans, that `good` accepts."""
         key_ok, keys = (lambda k: budget_minutes(k) is not None, "MINUTES") if by_budget else (is_direction, "SRC-TGT")
         for key, value in getattr(self, name).items():
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (key_ok(key) and number and good(value)):
+            if not (key_ok(key) and good(value)):
                 self._fail(name, f"entries {keys}: {need}")
 
     def __post_init__(self) -> None:
@@ -317,11 +370,24 @@ class TrainConfig(_Checked):
         for name in ("weight_decay", "clip_norm", "average"):
             self._at_least(name, 0)
         self._at_least("patience", 0, optional=True)
-        self._table("warmup_by_direction", lambda v: isinstance(v, int) and v >= 0, "steps >= 0, e.g. {de-en: 400}")
-        self._table("lr_by_direction", lambda v: v > 0 and math.isfinite(v), "learning rate > 0, e.g. {de-en: 0.003}")
-        self._table("dropout_by_budget", lambda v: 0 <= v < 1, "dropout in [0, 1), e.g. {'45': 0.6}", by_budget=True)
+        self._table("warmup_by_direction", lambda v: _is_int(v) and v >= 0, "steps >= 0, e.g. {de-en: 400}")
         self._table(
-            "emb_dim_by_budget", lambda v: isinstance(v, int) and v >= 1, "embedding size >= 1, e.g. {'45': 512}",
+            "lr_by_direction", lambda v: _is_number(v) and v > 0 and math.isfinite(v),
+            "learning rate > 0, e.g. {de-en: 0.003}",
+        )  # fmt: skip
+        self._table(
+            "dropout_by_budget", lambda v: _is_dropout(v) or is_update_table(v),
+            "dropout in [0, 1), e.g. {'45': 0.6}, or a table by updates with an entry for 0, "
+            "e.g. {'45': {'0': 0.5, '7000': 0.6}}", by_budget=True,
+        )  # fmt: skip
+        for minutes, entry in self.dropout_by_budget.items():  # keys as YAML writes them ("7000"), whatever wrote them
+            if isinstance(entry, Mapping):
+                counts = {str(int(k)): v for k, v in entry.items()}
+                if len(counts) < len(entry):
+                    self._fail("dropout_by_budget", f"the table of {minutes} minutes names an update count twice")
+                self.dropout_by_budget[minutes] = counts
+        self._table(
+            "emb_dim_by_budget", lambda v: _is_int(v) and v >= 1, "embedding size >= 1, e.g. {'45': 512}",
             by_budget=True,
         )  # fmt: skip
         for name in ("adam_beta1", "adam_beta2", "label_smoothing", "bpe_dropout"):

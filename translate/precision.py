@@ -148,6 +148,35 @@ def _probe(model, device, batch_tokens, reps, make_batch, precisions=("fp32", "b
     return {precision: _best_time(partial(step, precision), reps, device) for precision in precisions}
 
 
+def step_seconds(
+    model: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    *,
+    batch_tokens: int = 1500,
+    cache: Path | None = None,
+    measure: Callable[..., dict[str, float]] | None = None,
+) -> tuple[float, str]:
+    """Seconds per training step of `model` in `precision` (:func:`probe`'s step, at the thread
+    count set now), cached like the precision probe; and where the figure came from. `measure`
+    is for tests."""
+    key = probe_key(model, device, f"{batch_tokens} tokens")
+    figures = _cached(cache, key) or {}
+    if precision in figures:  # the precision probe timed it
+        return figures[precision], f"cached in {cache}" if cache is not None else "this process"
+    key = f"{precision} step | {key}"
+    figures, where = _figures(cache, key, lambda: (measure or probe_one)(model, device, batch_tokens, precision))
+    return figures[precision], where
+
+
+def probe_one(model: torch.nn.Module, device: torch.device, batch_tokens: int, precision: str) -> dict[str, float]:
+    """:func:`probe` in one precision."""
+    from translate.batching import make_batch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _probe(model, device, batch_tokens, 3, make_batch, (precision,))
+
+
 @dataclass
 class Threads:
     threads: int
@@ -219,7 +248,11 @@ def probe_key(model: torch.nn.Module, device: torch.device, work: str) -> str:
     one model name ("Intel(R) Xeon(R) Processor") covers virtual machines with and without bf16
     arithmetic, where the faster precision differs."""
     name = device_name(device)
-    shape = json.dumps({**asdict(model.cfg), "vocab": model.vocab_size}, sort_keys=True)
+    # dropout rates are not part of the shape: the step a run's dropout is chosen by (train.dropout_by_budget)
+    # is timed before that choice, and the choices made after it read its figures
+    rates = ("dropout", "annotation_dropout")
+    shape = {k: v for k, v in asdict(model.cfg).items() if k not in rates}
+    shape = json.dumps({**shape, "vocab": model.vocab_size}, sort_keys=True)
     threads = torch.get_num_threads()
     return (
         f"{name} | {device.type} | torch {torch.__version__} | {threads} threads | {work} | {shape}"

@@ -41,6 +41,23 @@ def budget_fraction(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
     return elapsed_s / (cfg.max_time * 60) if cfg.max_time else 0.0
 
 
+# updates a budget buys per probe step's worth of its seconds: real batches (shorter on one side than the
+# probe's) make a step faster, validations and the end-of-run choice take their share of the clock.
+# 60-minute en->de runs of the 60-minute model: AMD EPYC with AVX2, fp32 probe step 0.75-0.86 s, 4,506-
+# 5,001 updates (about 1.05); Intel Xeon with AMX, bf16 probe step 237-258 ms, 9,921-10,251 updates
+# (about 0.68). 0.85 puts both within 25% (README, "Dropout by the updates a budget buys")
+PACE = 0.85
+
+
+def expected_updates(cfg: TrainConfig, step_seconds: float) -> float:
+    """The updates a run is expected to make: its step budget, or the steps its time budget buys
+    at `step_seconds` a step (the timed probe's; see PACE), whichever is fewer; infinite with neither."""
+    limits = [float(cfg.max_steps)] if cfg.max_steps else []
+    if cfg.max_time:
+        limits.append(cfg.max_time * 60 * PACE / step_seconds)
+    return min(limits, default=math.inf)
+
+
 @dataclass
 class EarlyStopping:
     """The best validation BLEU so far, and what its stalling means for the run."""
