@@ -26,7 +26,6 @@ from translate.precision import (
     decoding_precision,
     probe,
     probe_decoding,
-    probe_one,
     probe_threads,
     step_seconds,
 )
@@ -161,7 +160,7 @@ def test_the_one_precision_probe_times_a_step_and_leaves_the_model_and_random_st
     model = tiny_model(40, dropout=0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    figures = probe_one(model, CPU, 200, "fp32")
+    figures = probe(model, CPU, 200, precisions=("fp32",))
     assert list(figures) == ["fp32"] and figures["fp32"] > 0
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -113,13 +113,10 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
     sync = lambda: distributed.barrier(group)  # noqa: E731
     learner = None
     try:
-        if not group.is_main:
-            sync()  # process 0 reads the corpus first (a hub dataset is cached then), the others after it
-        source = open_source(cfg.data)
-        # the run records what it trains on, by content: a resume on other data is refused
-        identity = {**run_identity(cfg), "data_fingerprint": source.fingerprint()}
-        if group.is_main:
-            sync()
+        with distributed.main_first(group):  # process 0 reads the corpus first (a hub dataset is cached then)
+            source = open_source(cfg.data)
+            # the run records what it trains on, by content: a resume on other data is refused
+            identity = {**run_identity(cfg), "data_fingerprint": source.fingerprint()}
         with RunFolder.open(cfg.run_dir, identity, overwrite=cfg.overwrite, is_main=group.is_main, sync=sync) as run:
             start = f"resuming the run from step {run.resume_step}" if run.resume else "a new run"
             log.info("run folder %s: %s", cfg.run_dir, start)
@@ -135,11 +132,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                     f"the validation split of {source.name} is empty: training needs it to choose best.pt "
                     "(data.valid_split / data.valid_prefix)"
                 )
-            if not group.is_main:
-                sync()  # process 0 trains SentencePiece and tokenizes the corpus; the others then open them
-            tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
-            if group.is_main:
-                sync()
+            with distributed.main_first(group):  # process 0 trains SentencePiece and tokenizes the corpus
+                tokenizer, pairs = prepare_pairs(cfg.data, source=source, progress=group.is_main)
             pairs = with_bpe_dropout(pairs, tokenizer, cfg.train.bpe_dropout, target=cfg.train.bpe_dropout_target)
             probe = dict(batch_tokens=cfg.train.batch_tokens, cache=probe_cache(cfg.data.artefacts))
 
@@ -147,12 +141,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                 """The model, and the thread count and precision chosen for it (timed probes)."""
                 model = Seq2Seq(model_cfg, tokenizer.vocab_size).to(device)
                 threads = _threads(cfg, model, device, group.world_size, probe)
-                # process 0 times the precisions (train.precision=auto); the others then read its figures
-                if not group.is_main:
-                    sync()
-                precision = choose_precision(cfg.train.precision, device, model, **probe)
-                if group.is_main:
-                    sync()
+                with distributed.main_first(group):  # process 0 times the precisions (train.precision=auto)
+                    precision = choose_precision(cfg.train.precision, device, model, **probe)
                 return model, threads, precision
 
             def updates(model_cfg: ModelConfig) -> tuple[float, str]:
@@ -160,11 +150,8 @@ def train(cfg: Config, record: RunRecord | None = None) -> dict[str, Any]:
                 waits on it): a training step timed in the precision chosen for it (process 0 times it)."""
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's draws
                     model, _, precision = set_up(model_cfg)
-                    if not group.is_main:
-                        sync()
-                    seconds, where = step_seconds(model, device, precision.precision, **probe)
-                    if group.is_main:
-                        sync()
+                    with distributed.main_first(group):
+                        seconds, where = step_seconds(model, device, precision.precision, **probe)
                 how = f"one {precision.precision} step takes {seconds:.2f} s, {where}"
                 return expected_updates(cfg.train, seconds), how
 

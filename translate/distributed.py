@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,6 +75,17 @@ def shutdown(group: Group) -> None:
 def barrier(group: Group) -> None:
     if group.active:
         dist.barrier()
+
+
+@contextmanager
+def main_first(group: Group) -> Iterator[None]:
+    """Process 0 runs the block first (it writes what the others then read: a cached corpus, the
+    tokenized pairs, a probe's figures), the others after it."""
+    if not group.is_main:
+        barrier(group)
+    yield
+    if group.is_main:
+        barrier(group)
 
 
 @dataclass(frozen=True)

@@ -116,14 +116,21 @@ def _best_time(run: Callable[[], object], reps: int, device: torch.device) -> fl
     return min(times[1:])
 
 
-def probe(model: torch.nn.Module, device: torch.device, batch_tokens: int, reps: int = 3) -> dict[str, float]:
+def probe(
+    model: torch.nn.Module,
+    device: torch.device,
+    batch_tokens: int,
+    reps: int = 3,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict[str, float]:
     """Seconds per training step (forward with dropout, backward, clipping, an Adam update;
     the best of `reps` after one warm-up) of a copy of `model` on a synthetic batch, in fp32
-    and under bf16 autocast. The random state is put back: training draws what it would have."""
+    and under bf16 autocast (`precisions`). The random state is put back: training draws what
+    it would have."""
     from translate.batching import make_batch
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _probe(model, device, batch_tokens, reps, make_batch)
+        return _probe(model, device, batch_tokens, reps, make_batch, precisions)
 
 
 def _probe(model, device, batch_tokens, reps, make_batch, precisions=("fp32", "bf16")) -> dict[str, float]:
@@ -163,18 +170,10 @@ def step_seconds(
     key = probe_key(model, device, f"{batch_tokens} tokens")
     figures = _cached(cache, key) or {}
     if precision in figures:  # the precision probe timed it
-        return figures[precision], f"cached in {cache}" if cache is not None else "this process"
-    key = f"{precision} step | {key}"
-    figures, where = _figures(cache, key, lambda: (measure or probe_one)(model, device, batch_tokens, precision))
+        return figures[precision], _cached_in(cache)
+    one = measure or (lambda m, d, tokens, p: probe(m, d, tokens, precisions=(p,)))
+    figures, where = _figures(cache, f"{precision} step | {key}", lambda: one(model, device, batch_tokens, precision))
     return figures[precision], where
-
-
-def probe_one(model: torch.nn.Module, device: torch.device, batch_tokens: int, precision: str) -> dict[str, float]:
-    """:func:`probe` in one precision."""
-    from translate.batching import make_batch
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _probe(model, device, batch_tokens, 3, make_batch, (precision,))
 
 
 @dataclass
@@ -264,10 +263,14 @@ def _figures(cache: Path | None, key: str, measure: Callable[[], dict[str, float
     """A probe's figures for `key`: from the cache, else measured now and kept; and where they came from."""
     figures = _cached(cache, key)
     if figures is not None:
-        return figures, f"cached in {cache}" if cache is not None else "this process"
+        return figures, _cached_in(cache)
     figures = measure()
     _store(cache, key, figures)
     return figures, f"measured now, kept in {cache}" if cache is not None else "measured now"
+
+
+def _cached_in(cache: Path | None) -> str:
+    return f"cached in {cache}" if cache is not None else "this process"
 
 
 def _cached(cache: Path | None, key: str) -> dict[str, float] | None:
