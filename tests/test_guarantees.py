@@ -360,7 +360,10 @@ def test_ctrl_c_and_a_closed_pipe_end_translate_without_a_traceback(reversal_run
     model = reversal_run / "run" / "best.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "translate", "translate", "--model", str(model), "--stream"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # Ctrl-C at a terminal reaches a program whose SIGINT is at its default; a job started in the background of a
+    # script (CI launched with &) inherits it ignored, and Python then never raises KeyboardInterrupt: set it back
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     proc.stdin.write(b"a b\n")
     proc.stdin.flush()
     assert select.select([proc.stdout], [], [], 60)[0], "no translation within 60 s"
