@@ -133,7 +133,7 @@ def probe(
         return _probe(model, device, batch_tokens, reps, make_batch, precisions)
 
 
-def _probe(model, device, batch_tokens, reps, make_batch, precisions=("fp32", "bf16")) -> dict[str, float]:
+def _probe(model, device, batch_tokens, reps, make_batch, precisions) -> dict[str, float]:
     net = copy.deepcopy(model).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-9)
     length = 16
